@@ -1,0 +1,44 @@
+# Every target creates .venv when needed and installs only what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := demo-data
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps record which extras are installed; they are redone when pyproject.toml changes.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[xrootd]'
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/mlaas4hep generate $(DEMO) --events 20000 --seed 42
+	$(BIN)/mlaas4hep inspect $(DEMO)/signal_0.root:Events --branches 'Jet_*,Muon_pt,MET_*,nPFCands'
+	$(BIN)/mlaas4hep stream $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
+		--branches 'Jet_*,Muon_*,Electron_*,MET_*,PV_npvs' --step-size 5000 --epochs 2
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/streaming.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

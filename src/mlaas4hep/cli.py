@@ -1,0 +1,236 @@
+"""The ``mlaas4hep`` command: one entry point, one sub-command per job.
+
+Every error a user can cause is an :class:`~mlaas4hep.errors.MlaasError`; the
+CLI prints it as ``error: <message>`` and exits with status 2, never with a
+traceback. Heavy imports happen inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from mlaas4hep import __version__
+from mlaas4hep.errors import MlaasError
+
+app = typer.Typer(
+    name="mlaas4hep",
+    help="Machine Learning as a Service for HEP: stream ROOT data, train models, serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and leave with status 2."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlaas4hep {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-v, -vv).")
+    ] = 0,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Argument(help="Output directory.")] = Path("demo-data"),
+    events: Annotated[
+        int, typer.Option("--events", "-n", min=1, help="Events per sample (signal, background).")
+    ] = 10_000,
+    files: Annotated[int, typer.Option(min=1, help="Files per sample.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 42,
+    fmt: Annotated[str, typer.Option("--format", help="ttree or rntuple.")] = "ttree",
+    compression: Annotated[
+        str, typer.Option(help="zlib, lz4, zstd, lzma or none (optionally with a level: zstd:5).")
+    ] = "zlib",
+    tree: Annotated[str, typer.Option(help="Tree name.")] = "Events",
+) -> None:
+    """Write a toy NanoAOD-like signal (ttbar-like) and background (W+jets-like) dataset.
+
+    Also writes files.txt and labels.txt (signal = 1, background = 0) in OUT.
+    """
+    from mlaas4hep.datasets import generate_dataset
+
+    dataset = generate_dataset(
+        out,
+        n_events=events,
+        n_files=files,
+        seed=seed,
+        fmt=fmt,
+        compression=compression,
+        tree=tree,
+    )
+    for sample, paths in dataset.files.items():
+        for path in paths:
+            stdout.print(f"{sample:>10}  {path}", highlight=False)
+    stdout.print(f"file list: {dataset.files_txt}  labels: {dataset.labels_txt}", highlight=False)
+
+
+@app.command()
+def inspect(
+    target: Annotated[
+        str, typer.Argument(help="FILE or FILE:tree; a local path or a root:// / https:// URL.")
+    ],
+    tree: Annotated[str | None, typer.Option(help="Tree name (instead of FILE:tree).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    branches: Annotated[
+        str | None,
+        typer.Option(help="Only these branches (comma list, wildcards, re:regex)."),
+    ] = None,
+    stats_entries: Annotated[
+        int, typer.Option(help="Entries read for length statistics (-1 = all).")
+    ] = 100_000,
+) -> None:
+    """Show the trees, entries, branches, types, jaggedness, compression and sizes of a file."""
+    from mlaas4hep.data.inspect import inspect_file, print_report
+    from mlaas4hep.data.sources import split_tree_spec
+
+    url, spec_tree = split_tree_spec(target)
+    report = inspect_file(
+        url, tree or spec_tree, branches=branches, stats_entries=stats_entries
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        print_report(report, stdout)
+
+
+def _list_option(values: list[str] | None) -> str | list[str] | None:
+    """A repeated option: one list-file path stays a path, several values stay a list."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 and values[0].endswith((".txt", ".list")) else values
+
+
+def _balance_option(value: str | None) -> str | dict[float, float] | None:
+    """``undersample``, ``oversample`` or ``LABEL:FRACTION,...``."""
+    if value is None or value in {"undersample", "oversample"}:
+        return value
+    try:
+        pairs = [item.split(":") for item in value.split(",")]
+        return {float(label): float(fraction) for label, fraction in pairs}
+    except ValueError:
+        fail(f"--balance expects undersample, oversample or LABEL:FRACTION,..., got {value!r}")
+
+
+@app.command()
+def stream(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Files, globs, directories, files.txt lists or root:// / https:// URLs."),
+    ],
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(help="labels.txt paired with the file list, or one value per input."),
+    ] = None,
+    weights: Annotated[
+        list[str] | None, typer.Option(help="weights.txt or one weight per input.")
+    ] = None,
+    tree: Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")] = None,
+    branches: Annotated[
+        str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
+    ] = None,
+    exclude: Annotated[str | None, typer.Option(help="Branches to leave out (patterns).")] = None,
+    identifiers: Annotated[
+        str | None, typer.Option(help="Identifier branches (default run,event,luminosityBlock).")
+    ] = None,
+    step_size: Annotated[
+        str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")
+    ] = "100 MB",
+    nevts: Annotated[int, typer.Option(help="Events to read in all (-1 = all).")] = -1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the data.")] = 1,
+    shuffle: Annotated[bool, typer.Option(help="Shuffle pieces and events.")] = True,
+    interleave: Annotated[
+        bool, typer.Option(help="Mix all sources in every chunk (else one file after another).")
+    ] = True,
+    shuffle_buffer: Annotated[
+        int | None, typer.Option(help="Events in the shuffle buffer (default: one chunk).")
+    ] = None,
+    balance: Annotated[
+        str | None,
+        typer.Option(help="undersample, oversample, or target fractions LABEL:FRACTION,..."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    redirector: Annotated[
+        str | None, typer.Option(help="Prefix for logical file names (/store/...).")
+    ] = None,
+    retries: Annotated[int, typer.Option(min=1, help="Attempts per remote read.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds per remote request.")] = 30.0,
+    prefetch: Annotated[int, typer.Option(min=0, help="Chunks read ahead.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Sources read in parallel.")] = 4,
+    skip_bad_files: Annotated[
+        bool, typer.Option(help="Skip unreadable files (reported) instead of failing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Read a dataset as configured; show progress and a summary (events, MB, events/s)."""
+    from mlaas4hep.data.branches import BranchSelection
+    from mlaas4hep.data.reader import EventStream
+    from mlaas4hep.data.rootfile import RetryPolicy
+    from mlaas4hep.data.sources import resolve_sources
+    from mlaas4hep.data.summary import print_summary, stream_with_progress, summary_dict
+
+    sources = resolve_sources(
+        inputs, labels=_list_option(labels), weights=_list_option(weights), redirector=redirector
+    )
+    step: int | str = int(step_size) if step_size.isdigit() else step_size
+    with EventStream(
+        sources,
+        BranchSelection(include=branches, exclude=exclude, identifiers=identifiers),
+        tree=tree,
+        step_size=step,
+        nevts=nevts,
+        interleave=interleave,
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        balance=_balance_option(balance),
+        seed=seed,
+        prefetch=prefetch,
+        threads=threads,
+        retry=RetryPolicy(attempts=retries, timeout=timeout),
+        skip_bad_files=skip_bad_files,
+    ) as events:
+        reports = stream_with_progress(events, epochs=epochs, console=console, quiet=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(summary_dict(events, reports), indent=2) + "\n")
+    else:
+        print_summary(events, reports, stdout)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into messages."""
+    try:
+        app()
+    except MlaasError as exc:
+        try:
+            fail(str(exc))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
