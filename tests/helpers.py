@@ -9,12 +9,15 @@ import numpy as np
 import uproot
 
 
-def write_indexed(path: Path, n: int, first_event: int = 0, *, tree: str = "Events") -> Path:
+def write_indexed(
+    path: Path, n: int, first_event: int = 0, *, tree: str = "Events", basket: int = 500
+) -> Path:
     """A TTree whose every value is derived from its ``event`` number.
 
     ``event`` = first_event + entry; ``nX`` = event % 4; ``X_val[j]`` =
     10 * event + j; ``flat`` = event / 2; ``run`` = 1. Any event read back can
-    thus be checked against its own number.
+    thus be checked against its own number. Written in clusters of ``basket``
+    entries.
     """
     event = np.arange(first_event, first_event + n, dtype=np.uint64)
     counts = (event % 4).astype(np.int32)
@@ -27,14 +30,17 @@ def write_indexed(path: Path, n: int, first_event: int = 0, *, tree: str = "Even
             {"run": np.int32, "event": np.uint64, "flat": np.float64, "X_val": "var * int64"},
             counter_name=lambda name: "nX",
         )
-        out[tree].extend(
-            {
-                "run": np.ones(n, dtype=np.int32),
-                "event": event,
-                "flat": event / 2.0,
-                "X_val": ak.unflatten(values, counts),
-            }
-        )
+        jagged = ak.unflatten(values, counts)
+        for a in range(0, n, basket):
+            b = min(n, a + basket)
+            out[tree].extend(
+                {
+                    "run": np.ones(b - a, dtype=np.int32),
+                    "event": event[a:b],
+                    "flat": event[a:b] / 2.0,
+                    "X_val": jagged[a:b],
+                }
+            )
     return path
 
 

@@ -40,6 +40,7 @@ def test_identifiers_kept_out_of_features() -> None:
     assert "Jet_pt" in features
     features, ids = BranchSelection(include="Jet_pt,event", identifiers="event").resolve(NAMES)
     assert (features, ids) == (["Jet_pt"], ["event"])
+    assert BranchSelection(identifiers="").resolve(NAMES)[1] == []
     # Default identifiers are optional; explicit ones must exist.
     assert BranchSelection().resolve(["x"]) == (["x"], [])
     with pytest.raises(DataError, match="unknown branch 'evt'"):

@@ -109,8 +109,10 @@ class BranchSelection:
         """Return ``(features, identifiers)`` chosen among ``available``."""
         if self.identifiers is None:
             identifiers = [name for name in DEFAULT_IDENTIFIERS if name in available]
-        else:
+        elif parse_patterns(self.identifiers):
             identifiers = select_branches(available, self.identifiers, where=where)
+        else:  # an empty list or string: no identifiers at all
+            identifiers = []
         features = select_branches(available, self.include, self.exclude, where=where)
         id_set = set(identifiers)
         features = [name for name in features if name not in id_set]

@@ -45,12 +45,15 @@ from mlaas4hep.data.shuffle import (
     balance_index,
     epoch_rng,
     plan_epoch,
+    split_units,
 )
 from mlaas4hep.data.sources import Source
 from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+READ_BUFFER_CHUNKS = 4  # default read buffer, in chunks
+SIZE_SAMPLE_EVENTS = 2000  # events read to learn the bytes per event of a dataset
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B|B)?\s*$")
 _UNITS = {
     "B": 1,
@@ -96,6 +99,7 @@ class OpenSource:
     start: int
     stop: int
     branches: list[str]
+    clusters: list[int]
 
     @property
     def entries(self) -> int:
@@ -137,6 +141,14 @@ def _visible_fields(tree: Any) -> list[str]:
     return names
 
 
+def _cluster_edges(tree: Any) -> list[int]:
+    """Entry numbers where a tree's clusters begin (and its end): the cheap read units."""
+    if is_rntuple(tree):
+        firsts = [int(c.num_first_entry) for c in tree.cluster_summaries]
+        return [*firsts, int(tree.num_entries)]
+    return [int(e) for e in tree.common_entry_offsets()]
+
+
 class EventStream:
     """Iterate over a dataset of ROOT files in chunks of mixed, shuffled events.
 
@@ -176,6 +188,16 @@ class EventStream:
         Retries, backoff and timeout for remote reads.
     skip_bad_files
         Report and skip files that cannot be read instead of failing.
+    max_open_files
+        Files kept open at once (least recently used ones are closed).
+    read_buffer
+        Events kept decompressed across chunks, shared by the sources
+        (default: four chunks). Each source reads whole clusters (cut to its
+        share of this buffer) and serves its pieces from them, so a cluster is
+        decompressed once however finely the sources are mixed.
+
+    Memory is bounded by about ``prefetch + 1`` chunks, the shuffle buffer and
+    the read buffer, whatever the dataset size.
     """
 
     def __init__(
@@ -197,6 +219,7 @@ class EventStream:
         retry: RetryPolicy | None = None,
         skip_bad_files: bool = False,
         max_open_files: int = 128,
+        read_buffer: int | None = None,
     ) -> None:
         if not sources:
             raise ConfigError("no sources to read")
@@ -231,7 +254,9 @@ class EventStream:
             self._check_branches(opened)
         self.chunk_events = self._events_step or self._estimate_chunk_events(first)
         self._shares = self._source_shares(shares)
-        self._ranges = self._entry_ranges()
+        self.read_buffer = read_buffer or READ_BUFFER_CHUNKS * self.chunk_events
+        self._units = self._read_units()
+        self._buffers: dict[int, tuple[int, int, ak.Array]] = {}
 
     # -- opening -------------------------------------------------------------
 
@@ -271,10 +296,18 @@ class EventStream:
         source = self.sources[index]
         try:
             tree = self._open_tree(index)
-            entries = int(tree.num_entries)
+            try:
+                entries = int(tree.num_entries)
+                fields = _visible_fields(tree)
+                clusters = _cluster_edges(tree)
+            except Exception as exc:
+                raise DataError(
+                    f"cannot read the layout of {source.url}: {describe_exception(exc)}",
+                    path=source.url,
+                ) from exc
             stop = entries if source.entry_stop is None else min(source.entry_stop, entries)
             start = min(max(0, source.entry_start), stop)
-            return OpenSource(index, source, tree, start, stop, _visible_fields(tree))
+            return OpenSource(index, source, tree, start, stop, fields, clusters)
         except DataError as exc:
             if not self.skip_bad_files:
                 raise
@@ -306,13 +339,14 @@ class EventStream:
     # -- planning ------------------------------------------------------------
 
     def _estimate_chunk_events(self, first: OpenSource) -> int:
+        """Events per chunk for a step given in bytes, from the in-memory size of a sample."""
         assert self._bytes_step is not None
-        names = [*self.features, *self.identifiers]
-        try:
-            events = int(first.tree.num_entries_for(self._bytes_step, filter_name=names))
-        except TypeError:
-            events = int(first.tree.num_entries_for(self._bytes_step, names))
-        return max(1, events)
+        sample = min(first.entries, SIZE_SAMPLE_EVENTS)
+        if sample == 0:
+            return 1
+        arrays = self._read_entries(first.index, first.start, first.start + sample)
+        per_event = max(1.0, arrays.nbytes / sample)
+        return max(1, int(self._bytes_step / per_event))
 
     def _source_shares(
         self, shares: Sequence[float] | Mapping[float, float] | None
@@ -338,7 +372,8 @@ class EventStream:
             raise ConfigError(f"{len(shares)} shares given for {len(self.sources)} sources")
         return [float(s) for s in shares]
 
-    def _entry_ranges(self) -> list[tuple[int, int]]:
+    def _read_units(self) -> list[np.ndarray]:
+        """Per source, the boundaries of its read units over the entries to read."""
         ranges = [(0, 0)] * len(self.sources)
         sizes = [0] * len(self.sources)
         for o in self._opened:
@@ -349,7 +384,12 @@ class EventStream:
             for i, n in enumerate(apportion(self.nevts, weights)):
                 start, stop = ranges[i]
                 ranges[i] = (start, min(stop, start + n))
-        return ranges
+        max_unit = max(1, self.read_buffer // max(1, len(self._opened)))
+        clusters = {o.index: o.clusters for o in self._opened}
+        return [
+            split_units(start, stop, clusters.get(i, []), max_unit)
+            for i, (start, stop) in enumerate(ranges)
+        ]
 
     @property
     def total_events(self) -> int:
@@ -360,7 +400,7 @@ class EventStream:
         """The segments each chunk of ``epoch`` reads."""
         rng = epoch_rng(self.seed, epoch) if self.shuffle else None
         return plan_epoch(
-            self._ranges,
+            self._units,
             self.chunk_events,
             interleave=self.interleave,
             shares=self._shares,
@@ -369,44 +409,68 @@ class EventStream:
 
     # -- reading -------------------------------------------------------------
 
-    def _read_segment(self, segment: Segment) -> Chunk:
-        source = self.sources[segment.source]
+    def _read_entries(self, index: int, start: int, stop: int) -> ak.Array:
+        """Entries ``[start, stop)`` of source ``index`` (retried as configured)."""
+        source = self.sources[index]
         names = [*self.features, *self.identifiers]
         wanted = set(names)
 
         def read() -> Any:
-            tree = self._open_tree(segment.source, retried=False)
+            tree = self._open_tree(index, retried=False)
             try:
                 return tree.arrays(
                     filter_name=wanted.__contains__,
-                    entry_start=segment.start,
-                    entry_stop=segment.stop,
+                    entry_start=start,
+                    entry_stop=stop,
                     array_cache=None,
                 )
             except Exception:
-                self._forget(segment.source)  # a broken connection is reopened on retry
+                self._forget(index)  # a broken connection is reopened on retry
                 raise
 
         arrays = with_retries(
             read,
-            what=f"read entries {segment.start}-{segment.stop} of",
+            what=f"read entries {start}-{stop} of",
             path=source.url,
             policy=self._policy(source.url),
         )
-        n = len(segment)
-        if len(arrays) != n:
+        if len(arrays) != stop - start:
             raise DataError(
-                f"read {len(arrays)} entries instead of {n} from {source.url}", path=source.url
+                f"read {len(arrays)} entries instead of {stop - start} from {source.url}",
+                path=source.url,
             )
+        return arrays[names]
+
+    def _read_range(self, index: int, start: int, stop: int) -> list[ak.Array]:
+        """Entries ``[start, stop)`` served from whole read units, each read once."""
+        units = self._units[index]
+        parts = []
+        while start < stop:
+            unit = int(np.searchsorted(units, start, side="right")) - 1
+            first, last = int(units[unit]), int(units[unit + 1])
+            buffered = self._buffers.get(index)
+            if buffered is None or buffered[:2] != (first, last):
+                buffered = (first, last, self._read_entries(index, first, last))
+                self._buffers[index] = buffered
+            end = min(stop, last)
+            parts.append(buffered[2][start - first : end - first])
+            start = end
+        return parts
+
+    def _read_segment(self, segment: Segment) -> Chunk:
+        source = self.sources[segment.source]
+        parts = [p for a, b in segment.ranges for p in self._read_range(segment.source, a, b)]
+        arrays = parts[0] if len(parts) == 1 else ak.concatenate(parts)
+        n = len(segment)
         label = np.nan if source.label is None else source.label
         return Chunk(
-            arrays=arrays[names],
+            arrays=arrays,
             features=self.features,
             identifiers=self.identifiers,
             label=np.full(n, label, dtype=np.float64),
             weight=np.full(n, source.weight, dtype=np.float64),
             source=np.full(n, segment.source, dtype=np.int32),
-            entry=np.arange(segment.start, segment.stop, dtype=np.int64),
+            entry=np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in segment.ranges]),
         )
 
     def _read_chunk(self, segments: list[Segment], pool: ThreadPoolExecutor) -> Chunk | None:
@@ -487,12 +551,15 @@ class EventStream:
             report.seconds = time.perf_counter() - started
             return chunk
 
-        for raw in self._raw_chunks(self.plan(epoch)):
-            for chunk in buffer.push(raw) if buffer else [raw]:
-                yield finish(chunk)
-        if buffer:
-            for chunk in buffer.flush():
-                yield finish(chunk)
+        try:
+            for raw in self._raw_chunks(self.plan(epoch)):
+                for chunk in buffer.push(raw) if buffer else [raw]:
+                    yield finish(chunk)
+            if buffer:
+                for chunk in buffer.flush():
+                    yield finish(chunk)
+        finally:
+            self._buffers.clear()
         report.skipped = dict(self.skipped)
         report.seconds = time.perf_counter() - started
 

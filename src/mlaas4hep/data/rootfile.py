@@ -191,7 +191,12 @@ def get_tree(directory: Any, tree: str | None, *, path: str) -> Any:
     if tree not in available:
         listing = ", ".join(available) if available else "none"
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
-    return directory[tree]
+    try:
+        return directory[tree]
+    except Exception as exc:
+        raise DataError(
+            f"cannot read tree {tree!r} of {path}: {describe_exception(exc)}", path=path
+        ) from exc
 
 
 def is_rntuple(tree: Any) -> bool:

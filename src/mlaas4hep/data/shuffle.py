@@ -3,16 +3,18 @@
 All randomness comes from a :class:`numpy.random.Generator` seeded with
 ``(seed, epoch)``: the same seed gives the same order, a new epoch a new one.
 
-Interleaving splits every source into as many contiguous pieces as the epoch
-has chunks and builds chunk ``k`` from one piece of *every* source, so each
-chunk mixes the sources in proportion to their sizes (or to chosen shares) and
-each event is read exactly once per epoch. Shuffling permutes which piece of a
-source goes into which chunk (a random file order at piece granularity), then
-the events inside each chunk, optionally through a larger shuffle buffer.
+Interleaving splits every source into as many pieces as the epoch has chunks
+and builds chunk ``k`` from one piece of *every* source, so each chunk mixes
+the sources in proportion to their sizes (or to chosen shares) and each event
+is read exactly once per epoch. Shuffling permutes the order in which each
+source's read units (its clusters) are visited, then the events inside each
+chunk, optionally through a larger shuffle buffer. Pieces follow the permuted
+units, so every unit is decompressed once per epoch however small the pieces.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +30,13 @@ Balance = str | Mapping[float, float] | None
 
 @dataclass(frozen=True)
 class Segment:
-    """Entries ``[start, stop)`` of source number ``source``."""
+    """Some entries of source number ``source``: the ``[start, stop)`` ``ranges``."""
 
     source: int
-    start: int
-    stop: int
+    ranges: tuple[tuple[int, int], ...]
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return sum(stop - start for start, stop in self.ranges)
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -56,12 +57,47 @@ def apportion(total: int, weights: Sequence[float]) -> list[int]:
     return counts
 
 
-def _boundaries(start: int, size: int, pieces: int) -> np.ndarray:
-    return start + (np.arange(pieces + 1, dtype=np.int64) * size) // pieces
+def split_units(start: int, stop: int, edges: Sequence[int], max_unit: int) -> np.ndarray:
+    """Read-unit boundaries of ``[start, stop)``: cluster ``edges`` cut to at most ``max_unit``."""
+    inner = [e for e in edges if start < e < stop]
+    bounds = [start, *inner, stop]
+    out = [start]
+    for a, b in itertools.pairwise(bounds):
+        pieces = max(1, math.ceil((b - a) / max(1, max_unit)))
+        out.extend(int(x) for x in (a + (np.arange(1, pieces + 1) * (b - a)) // pieces))
+    return np.asarray(out, dtype=np.int64)
+
+
+class _Walk:
+    """A source's entries seen as its read units in a chosen order."""
+
+    def __init__(self, units: np.ndarray, order: np.ndarray) -> None:
+        self.starts = units[:-1][order]
+        self.sizes = np.diff(units)[order]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+
+    @property
+    def size(self) -> int:
+        return int(self.offsets[-1])
+
+    def ranges(self, a: int, b: int) -> tuple[tuple[int, int], ...]:
+        """Entry ranges of the walk's positions ``[a, b)``."""
+        out = []
+        unit = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        while a < b:
+            take = min(b, int(self.offsets[unit + 1])) - a
+            first = int(self.starts[unit]) + a - int(self.offsets[unit])
+            if out and out[-1][1] == first:  # units that follow each other on disk
+                out[-1] = (out[-1][0], first + take)
+            else:
+                out.append((first, first + take))
+            a += take
+            unit += 1
+        return tuple(out)
 
 
 def plan_epoch(
-    ranges: Sequence[tuple[int, int]],
+    units: Sequence[np.ndarray],
     chunk_events: int,
     *,
     interleave: bool = True,
@@ -70,55 +106,53 @@ def plan_epoch(
 ) -> list[list[Segment]]:
     """The chunks of one epoch, each a list of source segments.
 
-    ``ranges`` holds each source's ``(start, stop)`` entries. With
-    ``interleave`` every chunk takes one piece of every source; ``shares``
-    (fractions of a chunk per source, default proportional to size) change the
-    mixture, and the epoch then ends when the first source runs out. Without
-    ``interleave`` the sources are read one after the other in chunks of
-    ``chunk_events`` (the plain ``uproot.iterate`` order). ``rng`` shuffles the
-    piece order (or the file order), ``None`` keeps the natural order.
+    ``units`` holds, per source, the boundaries of its read units (clusters):
+    from the first entry to read to the end. Shuffling permutes the units of
+    every source (and, without interleaving, the file order); pieces are then
+    cut along that walk, so a unit is decompressed once however small the
+    pieces. With ``interleave`` every chunk takes one piece of every source;
+    ``shares`` (fractions of a chunk per source, default proportional to
+    size) change the mixture, and the epoch then ends when the first source
+    runs out. Without ``interleave`` the sources are read one after the other
+    in chunks of ``chunk_events`` (the ``uproot.iterate`` order when not
+    shuffled).
     """
     if chunk_events < 1:
         raise ConfigError(f"chunk size must be at least 1 event, got {chunk_events}")
-    sizes = [max(0, stop - start) for start, stop in ranges]
-    live = [i for i, size in enumerate(sizes) if size > 0]
-    if not live:
+    walks = {}
+    for i, edges in enumerate(units):
+        if len(edges) > 1 and edges[-1] > edges[0]:
+            n_units = len(edges) - 1
+            order = rng.permutation(n_units) if rng is not None else np.arange(n_units)
+            walks[i] = _Walk(np.asarray(edges, dtype=np.int64), order)
+    if not walks:
         return []
     if not interleave:
-        order = list(rng.permutation(live)) if rng is not None else live
-        chunks = []
-        for i in order:
-            start = ranges[i][0]
-            edges = range(start, start + sizes[i], chunk_events)
-            chunks.extend(
-                [Segment(int(i), a, min(a + chunk_events, start + sizes[i]))] for a in edges
-            )
-        return chunks
+        order = list(rng.permutation(list(walks))) if rng is not None else list(walks)
+        return [
+            [Segment(int(i), walks[i].ranges(a, min(a + chunk_events, walks[i].size)))]
+            for i in order
+            for a in range(0, walks[i].size, chunk_events)
+        ]
 
-    total = sum(sizes)
     if shares is None:
-        n_chunks = max(1, math.ceil(total / chunk_events))
-        pieces = dict.fromkeys(live, n_chunks)
+        n_chunks = max(1, math.ceil(sum(w.size for w in walks.values()) / chunk_events))
+        pieces = dict.fromkeys(walks, n_chunks)
     else:
-        share_sum = sum(shares[i] for i in live)
+        share_sum = sum(shares[i] for i in walks)
         if share_sum <= 0:
             raise ConfigError("source shares must add up to more than zero")
-        per_chunk = {i: chunk_events * shares[i] / share_sum for i in live if shares[i] > 0}
-        pieces = {i: max(1, round(sizes[i] / per_chunk[i])) for i in per_chunk}
+        per_chunk = {i: chunk_events * shares[i] / share_sum for i in walks if shares[i] > 0}
+        pieces = {i: max(1, round(walks[i].size / per_chunk[i])) for i in per_chunk}
         n_chunks = min(pieces.values())
-    order = {
-        i: (rng.permutation(p)[:n_chunks] if rng is not None else np.arange(n_chunks))
-        for i, p in pieces.items()
-    }
-    bounds = {i: _boundaries(ranges[i][0], sizes[i], p) for i, p in pieces.items()}
     plan = []
     for k in range(n_chunks):
         segments = []
-        for i in pieces:
-            j = int(order[i][k])
-            a, b = int(bounds[i][j]), int(bounds[i][j + 1])
+        for i, p in pieces.items():
+            size = walks[i].size
+            a, b = k * size // p, (k + 1) * size // p
             if b > a:
-                segments.append(Segment(i, a, b))
+                segments.append(Segment(i, walks[i].ranges(a, b)))
         plan.append(segments)
     return plan
 
