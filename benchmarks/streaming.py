@@ -18,6 +18,7 @@ are stated in: ours / uproot locally, remote / local for ours.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -77,7 +78,7 @@ def chunk_events(local_file: str, branches: list[str] | None) -> int:
 
 
 def plain_uproot(urls: list[str], branches: list[str] | None, step: int) -> tuple[int, int]:
-    targets = {url: "Events" for url in urls}
+    targets = dict.fromkeys(urls, "Events")
     return consume(uproot.iterate(targets, branches, step_size=step))
 
 
@@ -120,8 +121,11 @@ def main() -> None:
             for name, branches in (("20", TWENTY), ("all", None)):
                 step = chunk_events(files[0], branches)
                 for reader, run in (
-                    ("uproot.iterate", lambda: plain_uproot(urls, branches, step)),
-                    ("mlaas4hep (mix+shuffle)", lambda: ours(urls, labels, branches, step)),
+                    ("uproot.iterate", functools.partial(plain_uproot, urls, branches, step)),
+                    (
+                        "mlaas4hep (mix+shuffle)",
+                        functools.partial(ours, urls, labels, branches, step),
+                    ),
                 ):
                     seconds, events, nbytes = best_of(args.repeat, run)
                     rates[where, name, reader] = events / seconds

@@ -28,7 +28,7 @@ def write_indexed(
         out.mktree(
             tree,
             {"run": np.int32, "event": np.uint64, "flat": np.float64, "X_val": "var * int64"},
-            counter_name=lambda name: "nX",
+            counter_name=lambda _: "nX",
         )
         jagged = ak.unflatten(values, counts)
         for a in range(0, n, basket):

@@ -25,7 +25,9 @@ def test_wildcards_regex_and_order() -> None:
 
 
 def test_unknown_branch_lists_close_matches() -> None:
-    with pytest.raises(DataError, match=r"unknown branch 'Jet_ptt' in f.root; close matches: Jet_pt"):
+    with pytest.raises(
+        DataError, match=r"unknown branch 'Jet_ptt' in f.root; close matches: Jet_pt"
+    ):
         select_branches(NAMES, "Jet_ptt", where="f.root")
     with pytest.raises(DataError, match="unknown pattern 'Elec\\*'"):
         select_branches(NAMES, "Elec*")

@@ -15,7 +15,9 @@ COMMAND = [sys.executable, "-c", "from mlaas4hep.cli import main; main()"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -41,7 +41,11 @@ FAST_RETRY = RetryPolicy(attempts=2, backoff=0.1, timeout=5)
 
 def read_all(url: str, **options: object) -> ak.Array:
     stream = EventStream(
-        resolve_sources(url), shuffle=False, interleave=False, step_size=400, **options  # type: ignore[arg-type]
+        resolve_sources(url),
+        shuffle=False,
+        interleave=False,
+        step_size=400,
+        **options,  # type: ignore[arg-type]
     )
     with stream:
         return ak.concatenate([c.arrays for c in stream.iter_epoch(0)])
@@ -109,7 +113,12 @@ def own_server(tmp_path: Path) -> Iterator[XRootDServer]:
 
 def _slow_stream(url: str, **options: object) -> EventStream:
     return EventStream(
-        [Source(url)], step_size=200, shuffle=False, prefetch=0, threads=1, **options  # type: ignore[arg-type]
+        [Source(url)],
+        step_size=200,
+        shuffle=False,
+        prefetch=0,
+        threads=1,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -119,7 +128,9 @@ def test_server_stopped_mid_read_is_a_clear_error(own_server: XRootDServer, tmp_
     chunks = stream.iter_epoch(0)
     check_consistent(next(chunks).arrays)  # entries 0-200, from the cluster 0-500
     own_server.stop()
-    with pytest.raises(DataError, match=r"cannot read entries 500-1000 of root://.*big.root after 2"):
+    with pytest.raises(
+        DataError, match=r"cannot read entries 500-1000 of root://.*big.root after 2"
+    ):
         list(chunks)
 
 

@@ -73,7 +73,9 @@ def test_sequential_plan_follows_files_like_uproot_iterate() -> None:
         [(0, ((20, 25),))],
         [(1, ((0, 10),))],
     ]
-    shuffled = plan_epoch(units((0, 25), (0, 10), cluster=8), 10, interleave=False, rng=epoch_rng(0, 0))
+    shuffled = plan_epoch(
+        units((0, 25), (0, 10), cluster=8), 10, interleave=False, rng=epoch_rng(0, 0)
+    )
     assert sorted(covered(shuffled, 2)[0]) == list(range(25))
     assert covered(shuffled, 2)[0] != list(range(25))
 

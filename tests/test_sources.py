@@ -64,7 +64,10 @@ def test_urls_tree_spec_and_redirector() -> None:
         "root://host:1094//data/f.root",
         "Events",
     )
-    assert split_tree_spec("root://host:1094//data/f.root") == ("root://host:1094//data/f.root", None)
+    assert split_tree_spec("root://host:1094//data/f.root") == (
+        "root://host:1094//data/f.root",
+        None,
+    )
     (remote,) = resolve_sources("https://example.org/x.root:tree")
     assert remote == Source(url="https://example.org/x.root", tree="tree")
     (logical,) = resolve_sources("/store/mc/x.root", redirector="root://xrd.example.org/")
@@ -74,7 +77,7 @@ def test_urls_tree_spec_and_redirector() -> None:
 
 
 def test_missing_inputs_are_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="file not found: .*nope.root"):
+    with pytest.raises(DataError, match=r"file not found: .*nope\.root"):
         resolve_sources(str(tmp_path / "nope.root"))
     with pytest.raises(DataError, match="no file matches"):
         resolve_sources(str(tmp_path / "*.root"))

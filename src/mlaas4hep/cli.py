@@ -47,7 +47,7 @@ def _main(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="More log output (-v, -vv).")
     ] = 0,
-    version: Annotated[
+    version: Annotated[  # noqa: ARG001 - handled by its eager callback
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
@@ -111,9 +111,7 @@ def inspect(
     from mlaas4hep.data.sources import split_tree_spec
 
     url, spec_tree = split_tree_spec(target)
-    report = inspect_file(
-        url, tree or spec_tree, branches=branches, stats_entries=stats_entries
-    )
+    report = inspect_file(url, tree or spec_tree, branches=branches, stats_entries=stats_entries)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -142,7 +140,9 @@ def _balance_option(value: str | None) -> str | dict[float, float] | None:
 def stream(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Files, globs, directories, files.txt lists or root:// / https:// URLs."),
+        typer.Argument(
+            help="Files, globs, directories, files.txt lists or root:// / https:// URLs."
+        ),
     ],
     labels: Annotated[
         list[str] | None,
@@ -151,7 +151,9 @@ def stream(
     weights: Annotated[
         list[str] | None, typer.Option(help="weights.txt or one weight per input.")
     ] = None,
-    tree: Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")] = None,
+    tree: Annotated[
+        str | None, typer.Option(help="Tree name (default: the file's only tree).")
+    ] = None,
     branches: Annotated[
         str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
     ] = None,

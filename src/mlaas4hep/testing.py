@@ -22,7 +22,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> bool:
     """Wait until something listens on 127.0.0.1:``port`` (False on timeout or exit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

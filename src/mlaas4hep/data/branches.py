@@ -77,8 +77,7 @@ def select_branches(
             if not found:
                 what = "branch" if pattern == pattern.strip("*?[") else "pattern"
                 raise DataError(
-                    f"unknown {what} {pattern!r}{location}"
-                    f"{close_matches(pattern, available)}",
+                    f"unknown {what} {pattern!r}{location}{close_matches(pattern, available)}",
                     path=where or None,
                 )
             chosen.extend(found)

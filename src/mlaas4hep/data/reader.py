@@ -9,6 +9,7 @@ parallel, so that I/O and decompression overlap with the consumer. At most
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
@@ -18,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import awkward as ak
 import numpy as np
@@ -520,10 +521,8 @@ class EventStream:
             finally:
                 stop.set()
                 while worker.is_alive():  # unblock a producer waiting on a full queue
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         ready.get(timeout=0.05)
-                    except queue.Empty:
-                        pass
                 worker.join()
 
     def iter_epoch(self, epoch: int, report: StreamReport | None = None) -> Iterator[Chunk]:
@@ -574,9 +573,8 @@ class EventStream:
         for index in list(self._open):
             self._forget(index)
 
-    def __enter__(self) -> EventStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
 def is_remote(url: str) -> bool:
     """Whether ``url`` names a file that is read over the network."""
     return "://" in url and not url.startswith("file://")
@@ -150,9 +151,10 @@ def release(file: Any) -> None:
     source = getattr(file, "source", None)
     fs = getattr(source, "_fs", None)
     path = getattr(source, "_file_path", None)
-    if path is not None and hasattr(fs, "invalidate_cache"):
+    invalidate = getattr(fs, "invalidate_cache", None)
+    if path is not None and invalidate is not None:
         try:
-            fs.invalidate_cache(path)
+            invalidate(path)
         except Exception as exc:  # noqa: BLE001 - closing a dead handle may fail; it is dropped anyway
             log.debug("dropping the handle of %s: %s", path, describe_exception(exc))
     try:

@@ -82,7 +82,7 @@ class _Walk:
 
     def ranges(self, a: int, b: int) -> tuple[tuple[int, int], ...]:
         """Entry ranges of the walk's positions ``[a, b)``."""
-        out = []
+        out: list[tuple[int, int]] = []
         unit = int(np.searchsorted(self.offsets, a, side="right")) - 1
         while a < b:
             take = min(b, int(self.offsets[unit + 1])) - a
@@ -128,10 +128,10 @@ def plan_epoch(
     if not walks:
         return []
     if not interleave:
-        order = list(rng.permutation(list(walks))) if rng is not None else list(walks)
+        files = [int(i) for i in rng.permutation(list(walks))] if rng is not None else list(walks)
         return [
-            [Segment(int(i), walks[i].ranges(a, min(a + chunk_events, walks[i].size)))]
-            for i in order
+            [Segment(i, walks[i].ranges(a, min(a + chunk_events, walks[i].size)))]
+            for i in files
             for a in range(0, walks[i].size, chunk_events)
         ]
 

@@ -57,7 +57,9 @@ def read_list_file(path: Path) -> list[str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise DataError(f"cannot read list file {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise DataError(
+            f"cannot read list file {path}: {exc.strerror or exc}", path=str(path)
+        ) from exc
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [line for line in lines if line]
 
@@ -87,7 +89,7 @@ def _expand_one(item: str, redirector: str | None) -> list[str]:
         return [item]
     path_text = item.removeprefix("file://")
     if glob.has_magic(path_text):
-        found = sorted(glob.glob(path_text, recursive=True))
+        found = sorted(glob.glob(path_text, recursive=True))  # noqa: PTH207 - absolute patterns
         if not found:
             raise DataError(f"no file matches {item}", path=item)
         return found

@@ -39,9 +39,7 @@ def stream_with_progress(
             report = StreamReport()
             task = progress.add_task("read", total=total, epoch=epoch, rate="")
             for chunk in events.iter_epoch(epoch, report):
-                progress.update(
-                    task, advance=len(chunk), rate=f"{report.events_per_second:,.0f}"
-                )
+                progress.update(task, advance=len(chunk), rate=f"{report.events_per_second:,.0f}")
             progress.update(task, total=report.events, completed=report.events)
             reports.append(report)
     return reports
@@ -96,7 +94,9 @@ def print_summary(events: EventStream, reports: list[StreamReport], console: Con
     last = reports[-1] if reports else StreamReport()
     for i, source in enumerate(events.sources):
         label = "" if source.label is None else f"{source.label:g}"
-        per_source.add_row(source.url, label, f"{source.weight:g}", f"{last.per_source.get(i, 0):,}")
+        per_source.add_row(
+            source.url, label, f"{source.weight:g}", f"{last.per_source.get(i, 0):,}"
+        )
     console.print(per_source)
     for url, reason in events.skipped.items():
         console.print(f"[yellow]skipped[/] {url}: {reason}", highlight=False)
