@@ -75,6 +75,17 @@ def test_stream_table_and_options(listed: tuple[Path, Path]) -> None:
     assert "f1.root" in result.stdout
 
 
+def test_stream_ratios_set_the_mixture(listed: tuple[Path, Path]) -> None:
+    listing, labels = listed
+    result = run(
+        "stream", str(listing), "--labels", str(labels), "--ratios", "1:0.5,0:0.5",
+        "--step-size", "200", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    per_source = list(json.loads(result.stdout)["epochs"][0]["per_source"].values())
+    assert per_source == [600, 600]  # the larger file stops when the smaller runs out
+
+
 def test_stream_errors_are_messages(listed: tuple[Path, Path], tmp_path: Path) -> None:
     listing, _ = listed
     assert_clean_error(run("stream", str(tmp_path / "none.root")), "file not found", "none.root")
@@ -88,7 +99,8 @@ def test_stream_errors_are_messages(listed: tuple[Path, Path], tmp_path: Path) -
         run("stream", str(listing), "--labels", str(bad_labels)), "has 1 labels but there are 2"
     )
     assert_clean_error(run("stream", str(listing), "--step-size", "lots"), "step size 'lots'")
-    assert_clean_error(run("stream", str(listing), "--balance", "1:x"), "--balance expects")
+    assert_clean_error(run("stream", str(listing), "--balance", "1:x"), "--balance")
+    assert_clean_error(run("stream", str(listing), "--ratios", "1"), "--ratios expects")
     truncated = tmp_path / "truncated.root"
     truncated.write_bytes(shared_file("uproot-HZZ.root").read_bytes()[:50_000])
     assert_clean_error(run("stream", str(truncated)), "truncated.root")

@@ -416,3 +416,15 @@ def test_cli_errors(args: list[str], message: str) -> None:
     assert "error:" in done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("codec", "expected"), [("lz4", "LZ4("), ("zstd:5", "ZSTD(5)")])
+def test_generated_file_reports_its_real_compression(
+    tmp_path: Path, codec: str, expected: str
+) -> None:
+    from mlaas4hep.datasets import generate_dataset
+
+    dataset = generate_dataset(tmp_path, n_events=2000, compression=codec, samples=("signal",))
+    report = inspect_file(str(dataset.files["signal"][0]), branches="PFCands_*")
+    assert report.compression is not None
+    assert report.compression.startswith(expected)

@@ -125,15 +125,20 @@ def _list_option(values: list[str] | None) -> str | list[str] | None:
     return values[0] if len(values) == 1 and values[0].endswith((".txt", ".list")) else values
 
 
-def _balance_option(value: str | None) -> str | dict[float, float] | None:
-    """``undersample``, ``oversample`` or ``LABEL:FRACTION,...``."""
-    if value is None or value in {"undersample", "oversample"}:
-        return value
+def _fractions(option: str, value: str) -> dict[float, float]:
+    """``LABEL:FRACTION,...`` as a mapping."""
     try:
         pairs = [item.split(":") for item in value.split(",")]
         return {float(label): float(fraction) for label, fraction in pairs}
     except ValueError:
-        fail(f"--balance expects undersample, oversample or LABEL:FRACTION,..., got {value!r}")
+        fail(f"{option} expects LABEL:FRACTION,... (e.g. 1:0.5,0:0.5), got {value!r}")
+
+
+def _balance_option(value: str | None) -> str | dict[float, float] | None:
+    """``undersample``, ``oversample`` or ``LABEL:FRACTION,...``."""
+    if value is None or value in {"undersample", "oversample"}:
+        return value
+    return _fractions("--balance (undersample, oversample or fractions)", value)
 
 
 @app.command()
@@ -170,6 +175,12 @@ def stream(
     interleave: Annotated[
         bool, typer.Option(help="Mix all sources in every chunk (else one file after another).")
     ] = True,
+    ratios: Annotated[
+        str | None,
+        typer.Option(
+            help="Share of each label in every chunk, LABEL:FRACTION,... (default: sizes)."
+        ),
+    ] = None,
     shuffle_buffer: Annotated[
         int | None, typer.Option(help="Events in the shuffle buffer (default: one chunk).")
     ] = None,
@@ -208,6 +219,7 @@ def stream(
         step_size=step,
         nevts=nevts,
         interleave=interleave,
+        shares=_fractions("--ratios", ratios) if ratios else None,
         shuffle=shuffle,
         shuffle_buffer=shuffle_buffer,
         balance=_balance_option(balance),

@@ -235,6 +235,14 @@ def compression_name(code: int | None) -> str | None:
     return f"{_ALGORITHMS.get(algorithm, f'algorithm{algorithm}')}({level})"
 
 
+def _shrunk(infos: Iterable[BranchInfo]) -> bool:
+    """Whether the branches' baskets take less space on disk than in memory."""
+    pairs = [(b.compressed_bytes, b.uncompressed_bytes) for b in infos]
+    compressed = sum(c for c, u in pairs if c and u)
+    uncompressed = sum(u for c, u in pairs if c and u)
+    return 0 < compressed < uncompressed
+
+
 def _dominant(codes: Iterable[int]) -> str | None:
     counts = Counter(codes)
     if not counts:
@@ -677,6 +685,10 @@ def inspect_file(
                 infos, total, selection, stop = _inspect_ttree(chosen, branches, stats_entries, url)
                 codes = [int(branch.member("fCompress")) for _, branch in _ttree_branches(chosen)]
                 compression = _dominant(codes)
+                if compression == "none" and _shrunk(infos):
+                    # uproot writes fCompress = 0 on branches whose baskets it
+                    # compresses with the file's setting: trust the bytes.
+                    compression = None
                 classname = "TTree"
             size = _file_size(opened)
         except (DataError, ConfigError):
