@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
@@ -27,7 +27,6 @@ class Chunk:
     weight: np.ndarray
     source: np.ndarray
     entry: np.ndarray
-    meta: dict[str, object] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entry)

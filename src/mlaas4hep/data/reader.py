@@ -92,11 +92,10 @@ def parse_step(step: int | str) -> tuple[int | None, int | None]:
 
 @dataclass
 class OpenSource:
-    """A source with its tree open and its entries known."""
+    """What opening a source told: its entry range, branches and cluster boundaries."""
 
     index: int
     source: Source
-    tree: Any
     start: int
     stop: int
     branches: list[str]
@@ -308,7 +307,7 @@ class EventStream:
                 ) from exc
             stop = entries if source.entry_stop is None else min(source.entry_stop, entries)
             start = min(max(0, source.entry_start), stop)
-            return OpenSource(index, source, tree, start, stop, fields, clusters)
+            return OpenSource(index, source, start, stop, fields, clusters)
         except DataError as exc:
             if not self.skip_bad_files:
                 raise
