@@ -242,6 +242,10 @@ class EventStream:
         self.skipped: dict[str, str] = {}
         self.epoch = 0
         self._open: OrderedDict[int, Any] = OrderedDict()
+        # Baskets of one read are decompressed in parallel (zlib, lz4, zstd
+        # release the GIL): this is what uses the cores when a chunk comes
+        # from fewer files than there are cores.
+        self._decompression = ThreadPoolExecutor(self.threads, "mlaas4hep-decompress")
         self._lock = threading.Lock()
         self._events_step, self._bytes_step = parse_step(step_size)
 
@@ -423,6 +427,7 @@ class EventStream:
                     entry_start=start,
                     entry_stop=stop,
                     array_cache=None,
+                    decompression_executor=self._decompression,
                 )
             except Exception:
                 self._forget(index)  # a broken connection is reopened on retry
@@ -568,9 +573,10 @@ class EventStream:
         return self.iter_epoch(epoch)
 
     def close(self) -> None:
-        """Close every open file."""
+        """Close every open file and stop the decompression threads."""
         for index in list(self._open):
             self._forget(index)
+        self._decompression.shutdown(wait=True)
 
     def __enter__(self) -> Self:
         return self
