@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import uproot
 
-from mlaas4hep.errors import DataError
+from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,25 @@ def with_retries(
 
 
 def uproot_options(url: str, policy: RetryPolicy) -> dict[str, Any]:
-    """Keyword arguments for :func:`uproot.open` suited to ``url``."""
+    """Keyword arguments for :func:`uproot.open` that set ``url``'s request timeout.
+
+    Each fsspec file system spells its timeout differently; protocols not
+    listed here keep their own defaults.
+    """
     if url.startswith(("root://", "xroot://")):
         # The XRootD bindings accept whole seconds only.
         return {"timeout": max(1, round(policy.timeout))}
-    if is_remote(url):
-        return {"timeout": policy.timeout}
+    if url.startswith(("http://", "https://")):
+        try:
+            import aiohttp  # noqa: PLC0415 - only needed, and only installed, for http(s)
+        except ImportError:
+            raise ConfigError(
+                f"reading {url} needs aiohttp: pip install 'mlaas4hep[http]'"
+            ) from None
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=policy.timeout)}}
+    if url.startswith(("s3://", "s3a://")):
+        timeouts = {"connect_timeout": policy.timeout, "read_timeout": policy.timeout}
+        return {"config_kwargs": timeouts}
     return {}
 
 
