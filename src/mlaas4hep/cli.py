@@ -236,6 +236,182 @@ def stream(
         print_summary(events, reports, stdout)
 
 
+Inputs = Annotated[
+    list[str],
+    typer.Argument(help="Files, globs, directories, files.txt lists or root:// / https:// URLs."),
+]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option(help="labels.txt paired with the file list, or one value per input."),
+]
+Tree = Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")]
+Redirector = Annotated[
+    str | None, typer.Option(help="Prefix for logical file names (/store/...).")
+]
+Preproc = Annotated[
+    Path | None,
+    typer.Option("--preproc", help="Python file defining selection / new_variables / label."),
+]
+Nevts = Annotated[int, typer.Option(help="Events to read in all (-1 = all).")]
+StepSize = Annotated[str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")]
+
+
+def _step(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _length_overrides(values: list[str] | None) -> dict[str, str]:
+    """``PATTERN=POLICY`` pairs of --length-of."""
+    overrides = {}
+    for item in values or []:
+        pattern, sep, policy = item.partition("=")
+        if not sep or not pattern or not policy:
+            fail(f"--length-of expects PATTERN=max|qQ|N (e.g. 'Jet_*=8'), got {item!r}")
+        overrides[pattern] = policy
+    return overrides
+
+
+@app.command()
+def scan(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the spec.")] = Path(
+        "features.json"
+    ),
+    labels: Labels = None,
+    tree: Tree = None,
+    branches: Annotated[
+        str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
+    ] = None,
+    exclude: Annotated[str | None, typer.Option(help="Branches to leave out (patterns).")] = None,
+    identifiers: Annotated[
+        str | None, typer.Option(help="Identifier branches (default run,event,luminosityBlock).")
+    ] = None,
+    redirector: Redirector = None,
+    preproc: Preproc = None,
+    nevts: Nevts = -1,
+    step_size: StepSize = "100 MB",
+    workers: Annotated[int, typer.Option(min=1, help="Files scanned in parallel processes.")] = 1,
+    length: Annotated[
+        str, typer.Option(help="Jagged length: max, a quantile such as q0.95, or a number.")
+    ] = "max",
+    length_of: Annotated[
+        list[str] | None, typer.Option(help="Per-branch length, PATTERN=POLICY (repeatable).")
+    ] = None,
+    normalize: Annotated[
+        str, typer.Option(help="none, minmax, standard or robust (on real entries).")
+    ] = "standard",
+    log: Annotated[
+        str | None, typer.Option(help="Branches to log1p before normalising (patterns).")
+    ] = None,
+    pad_value: Annotated[str, typer.Option(help="Pad value: nan or a number.")] = "nan",
+    layout: Annotated[str, typer.Option(help="flat ([N, F]) or grouped ([N, C, L]).")] = "flat",
+    clip: Annotated[
+        str, typer.Option(help="Longer lists: clip (counted) or error.")
+    ] = "clip",
+) -> None:
+    """First pass: statistics of a dataset, written as the feature spec (features.json)."""
+    from rich.progress import Progress
+
+    from mlaas4hep.data.branches import BranchSelection
+    from mlaas4hep.data.sources import resolve_sources
+    from mlaas4hep.transform.scan import ScanOptions
+    from mlaas4hep.transform.scan import scan as run_scan
+
+    try:
+        pad = float(pad_value)
+    except ValueError:
+        fail(f"--pad-value expects nan or a number, got {pad_value!r}")
+    sources = resolve_sources(inputs, labels=_list_option(labels), redirector=redirector)
+    options = ScanOptions(
+        length=length,
+        lengths=_length_overrides(length_of),
+        normalization=normalize,
+        log=[p for p in (log or "").split(",") if p],
+        pad_value=pad,
+        layout=layout,
+        clip=clip,
+    )
+    with Progress(console=console) as progress:
+        task = progress.add_task("scanning files", total=len(sources))
+        spec, report = run_scan(
+            sources,
+            BranchSelection(include=branches, exclude=exclude, identifiers=identifiers),
+            tree=tree,
+            preprocessing=preproc,
+            options=options,
+            nevts=nevts,
+            step_size=_step(step_size),
+            workers=workers,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    spec.save(out)
+    stdout.print(
+        f"{len(spec.branches)} branches ({len(spec.flat_branches)} flat, "
+        f"{len(spec.jagged_branches)} jagged) -> {len(spec.columns())} columns; "
+        f"{report.selected:,} of {report.events:,} events selected; spec written to {out}",
+        highlight=False,
+    )
+    for name, count in report.clipped.items():
+        branch = spec.collections()[name][0]
+        stdout.print(
+            f"  {name}: length {branch.length} ({branch.length_policy}), "
+            f"{count:,} events clipped",
+            highlight=False,
+        )
+
+
+@app.command()
+def convert(
+    inputs: Inputs,
+    specs: Annotated[Path, typer.Option(help="The feature spec (features.json) from scan.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet, .h5 or .npz.")],
+    labels: Labels = None,
+    label_branch: Annotated[
+        str | None, typer.Option(help="Take each event's label from this branch.")
+    ] = None,
+    redirector: Redirector = None,
+    preproc: Preproc = None,
+    nevts: Nevts = -1,
+    step_size: StepSize = "100 MB",
+    shuffle: Annotated[bool, typer.Option(help="Mix and shuffle events.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    allow_other_data: Annotated[
+        bool, typer.Option(help="Use a spec computed on other data (reported).")
+    ] = False,
+) -> None:
+    """Write the transformed tensors (and masks, labels, identifiers) to Parquet, HDF5 or npz."""
+    from rich.progress import Progress
+
+    from mlaas4hep.data.sources import resolve_sources
+    from mlaas4hep.transform.convert import convert as run_convert
+    from mlaas4hep.transform.spec import FeatureSpec
+
+    spec = FeatureSpec.load(specs)
+    sources = resolve_sources(inputs, labels=_list_option(labels), redirector=redirector)
+    with Progress(console=console) as progress:
+        task = progress.add_task("converting", total=None)
+        report = run_convert(
+            sources,
+            spec,
+            out,
+            preprocessing=preproc,
+            label_branch=label_branch,
+            allow_other_data=allow_other_data,
+            nevts=nevts,
+            step_size=_step(step_size),
+            shuffle=shuffle,
+            seed=seed,
+            progress=lambda n: progress.advance(task, n),
+        )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    clipped = ", ".join(f"{k}: {v:,}" for k, v in report.clipped.items()) or "none"
+    stdout.print(
+        f"{report.written:,} of {report.events:,} events written to {out}; clipped: {clipped}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into messages."""
     try:
