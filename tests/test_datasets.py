@@ -10,6 +10,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from conftest import shared_file
 
 from mlaas4hep.datasets import (
     BRANCHES,
@@ -383,3 +384,223 @@ def test_generate_dataset_invalid(tmp_path: Path, kwargs: dict[str, Any], messag
     with pytest.raises(ConfigError, match=message):
         generate_dataset(tmp_path / "out", **args)
     assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+# --------------------------------------------------------------------------- wide layout
+
+WIDE_JAGGED = {f"{c}_{f}": c for c, fields in nanoaod.WIDE_COLLECTIONS.items() for f in fields}
+
+
+@pytest.fixture(scope="module")
+def wide_events() -> dict[str, dict[str, Any]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nanoaod, "RNG_BLOCK", 400)
+        return {s: generate_events(s, 1500, seed=11, wide=True) for s in SAMPLES}
+
+
+def test_wide_layout() -> None:
+    branches = nanoaod.WIDE_BRANCHES
+    collections = nanoaod.WIDE_COLLECTIONS
+    print(f"wide layout: {len(branches)} branches, {len(WIDE_JAGGED)} jagged")
+    assert 850 <= len(branches) <= 1000
+    # the default branches, in their order and with their dtypes
+    assert [b for b in branches if b in BRANCHES] == list(BRANCHES)
+    assert all(branches[b] == dtype for b, dtype in BRANCHES.items())
+    for name, fields in COLLECTIONS.items():
+        assert list(collections[name])[: len(fields)] == list(fields)
+    # every jagged branch of a collection has its counter, in front of it
+    order = list(branches)
+    for branch, collection in WIDE_JAGGED.items():
+        assert order.index(f"n{collection}") < order.index(branch)
+        assert branches[f"n{collection}"] == np.int32
+    for collection in ("Tau", "Photon", "FatJet", "SubJet", "IsoTrack", "SV", "GenJet", "GenPart"):
+        assert len(collections[collection]) >= 6, collection
+    assert len(collections["Jet"]) >= 30
+    assert len(collections["Muon"]) >= 40
+    assert len(collections["Electron"]) >= 50
+    prefixes = ("HLT_", "L1_", "Flag_")
+    assert sum(b.startswith("HLT_") for b in branches) >= 200
+    assert sum(b.startswith("L1_") for b in branches) >= 50
+    assert sum(b.startswith("Flag_") for b in branches) >= 20
+    assert all(branches[b] == np.bool_ for b in branches if b.startswith(prefixes))
+    kinds = {np.dtype(dt).kind for dt in branches.values()}
+    assert {"b", "i", "u", "f"} <= kinds
+    for b in ("Jet_jetId", "Jet_puId", "Jet_nConstituents", "Muon_pdgId", "PV_npvsGood"):
+        assert branches[b] == np.int32, b
+    for b in ("Muon_tightId", "Electron_convVeto", "Tau_idDecayMode", "Flag_METFilters"):
+        assert branches[b] == np.bool_, b
+    for b in ("Jet_chHEF", "Jet_qgl", "Muon_dxy", "fixedGridRhoFastjetAll", "PuppiMET_pt"):
+        assert branches[b] == np.float32, b
+    assert branches["Muon_pfIsoId"] == np.uint8
+    # padded (Jet to 6, PF candidates left out, other collections to 4): ~2000 features
+    flat_count = sum(1 for b in branches if b not in WIDE_JAGGED)
+    padding = {"Jet": 6, "PFCands": 0}
+    features = flat_count + sum(
+        len(fields) * padding.get(c, 4) for c, fields in collections.items()
+    )
+    print(f"features with Jet padded to 6, others to 4: {features}")
+    assert features >= 2000
+
+
+def test_wide_names_and_dtypes_are_real_nanoaod() -> None:
+    path = shared_file("nano_dy.root")
+    with uproot.open(path) as file:
+        real = file["Events"].typenames()
+    types = {"float": "float32", "int32_t": "int32", "bool": "bool", "uint8_t": "uint8"}
+    types |= {"uint32_t": "uint32", "uint64_t": "uint64"}
+    for branch, dtype in nanoaod.WIDE_BRANCHES.items():
+        if branch.startswith(("PFCands_", "nPFCands")):
+            continue  # the PF-candidate extension of the default layout
+        assert branch in real, branch
+        if branch[1:] in nanoaod.WIDE_COLLECTIONS:
+            continue  # counters: int32 here (uproot's counters), uint32 in NanoAOD
+        assert types[real[branch].removesuffix("[]")] == str(dtype), branch
+
+
+def test_wide_events_dtypes_and_counters(wide_events: dict[str, dict[str, Any]]) -> None:
+    for ev in wide_events.values():
+        assert list(ev) == list(nanoaod.WIDE_BRANCHES)
+        for name, dtype in nanoaod.WIDE_BRANCHES.items():
+            value = ev[name]
+            if name in WIDE_JAGGED:
+                assert isinstance(value, ak.Array), name
+                assert str(value.type) == f"1500 * var * {dtype}", name
+                counts = ev[f"n{WIDE_JAGGED[name]}"]
+                np.testing.assert_array_equal(ak.num(value), counts, err_msg=name)
+                values = flat(value)
+            else:
+                assert isinstance(value, np.ndarray), name
+                assert value.dtype == dtype, name
+                assert len(value) == 1500, name
+                values = value
+            if dtype.kind == "f":
+                assert np.all(np.isfinite(values)), name
+        # the new collections are not empty, nor all the same
+        for collection in ("Tau", "Photon", "FatJet", "SubJet", "SV", "GenJet", "GenPart"):
+            assert ev[f"n{collection}"].sum() > 50, collection
+        n_true = [ev[b].mean() for b in ev if b.startswith("HLT_")]
+        assert 0 < np.mean(n_true) < 0.2  # trigger-like rates
+        assert 0.95 < ev["Flag_METFilters"].mean() < 1
+
+
+def test_wide_keeps_the_default_branches(wide_events: dict[str, dict[str, Any]]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nanoaod, "RNG_BLOCK", 400)
+        narrow = generate_events("background", 1500, seed=11)
+    assert_same(narrow, {b: wide_events["background"][b] for b in BRANCHES})
+
+
+def test_wide_physics(wide_events: dict[str, dict[str, Any]]) -> None:
+    for ev in wide_events.values():
+        # leptons: identification follows isolation, nested working points
+        np.testing.assert_array_equal(flat(ev["Muon_pdgId"]), -13 * flat(ev["Muon_charge"]))
+        np.testing.assert_array_equal(flat(ev["Electron_pdgId"]), -11 * flat(ev["Electron_charge"]))
+        tight, medium, loose = (flat(ev[f"Muon_{w}Id"]) for w in ("tight", "medium", "loose"))
+        assert np.all(loose[tight])
+        assert np.all(medium[tight])
+        for wp in ("WP80", "WP90"):
+            passed = flat(ev[f"Electron_mvaFall17V2Iso_{wp}"])
+            assert np.all(flat(ev["Electron_mvaFall17V2Iso_WPL"])[passed])
+        prompt = flat(ev["Muon_pfRelIso04_all"]) < 0.15
+        assert flat(ev["Muon_tightId"])[prompt].mean() > flat(ev["Muon_tightId"])[~prompt].mean()
+        # one generator-level lepton per event, the isolated one
+        assert np.all(ev["nGenDressedLepton"] == 1)
+        assert set(np.unique(np.abs(flat(ev["GenDressedLepton_pdgId"])))) == {11, 13}
+        # jets: b jets b-tagged, energy fractions add up, indices point into the event
+        b_jet = flat(ev["Jet_hadronFlavour"]) == 5
+        deep_flav = flat(ev["Jet_btagDeepFlavB"])
+        assert deep_flav[b_jet].mean() > deep_flav[~b_jet].mean() + 0.3
+        fractions = sum(flat(ev[f"Jet_{f}"]) for f in ("chHEF", "neHEF", "chEmEF", "neEmEF"))
+        assert np.all(fractions + flat(ev["Jet_muEF"]) < 1.01)
+        gen_idx = ev["Jet_genJetIdx"]
+        assert ak.all(gen_idx < ev["nGenJet"])
+        assert ak.mean(gen_idx >= 0) > 0.9
+        matched = ev["GenJet_pt"][gen_idx[gen_idx >= 0]]
+        response = flat(ev["Jet_pt"][gen_idx >= 0]) / flat(matched)
+        assert 0.9 < np.median(response) < 1.1
+        for collection, counter in (("Jet_muonIdx1", "nMuon"), ("Tau_jetIdx", "nJet")):
+            assert ak.all(ev[collection] < ev[counter]), collection
+        np.testing.assert_array_equal(ev["nSubJet"], 2 * ev["nFatJet"])
+        assert ak.all(ev["FatJet_subJetIdx2"] == ev["FatJet_subJetIdx1"] + 1)
+        tau = [flat(ev[f"FatJet_tau{i}"]) for i in range(1, 5)]
+        assert np.all((tau[0] >= tau[1]) & (tau[1] >= tau[2]) & (tau[2] >= tau[3]))
+        for collection in ("Tau", "Photon", "FatJet", "GenJet", "TrigObj", "SoftActivityJet"):
+            pt = ev[f"{collection}_pt"]
+            assert ak.all(pt[:, :-1] >= pt[:, 1:]), collection
+            phi = flat(ev[f"{collection}_phi"])
+            assert np.all((phi >= -math.pi) & (phi < math.pi)), collection
+        # single-lepton triggers fire on a lepton above threshold
+        iso_mu = ak.max((ev["Muon_pfRelIso04_all"] < 0.15) * ev["Muon_pt"], axis=1)
+        iso_mu = np.asarray(ak.fill_none(iso_mu, 0))
+        fired = ev["HLT_IsoMu24"]
+        assert 0.3 < fired.mean() < 0.6
+        assert np.all(iso_mu[fired] > 20)
+        assert np.mean(fired[iso_mu > 30]) > 0.85
+        assert np.mean(ev["HLT_IsoMu27"] & ~fired) < 0.01
+        met = ev["MET_pt"]
+        assert np.corrcoef(met, ev["PuppiMET_pt"])[0, 1] > 0.8
+        assert np.all(ev["Flag_goodVertices"][ev["Flag_METFilters"]])
+        assert np.all(ev["PV_npvsGood"] <= ev["PV_npvs"])
+    sig, bkg = wide_events["signal"], wide_events["background"]
+    assert sig["nSV"].mean() > bkg["nSV"].mean()
+    assert sig["L1_HTT280er"].mean() > bkg["L1_HTT280er"].mean()
+    assert np.any(sig["genTtbarId"] > 50)
+    assert np.all(bkg["genTtbarId"] == 0)
+
+
+def test_wide_determinism() -> None:
+    a = generate_events("signal", 300, 5, wide=True)
+    b = generate_events("signal", 300, 5, wide=True)
+    c = generate_events("signal", 300, 6, wide=True)
+    parts = [
+        generate_events("signal", 170, 5, first_event=0, wide=True),
+        generate_events("signal", 130, 5, first_event=170, wide=True),
+    ]
+    for name, value in a.items():
+        if name in WIDE_JAGGED:
+            assert ak.array_equal(value, b[name]), name
+            assert ak.array_equal(value, ak.concatenate([p[name] for p in parts])), name
+        else:
+            np.testing.assert_array_equal(value, b[name], err_msg=name)
+            np.testing.assert_array_equal(value, np.concatenate([p[name] for p in parts]))
+    assert not ak.array_equal(a["Tau_pt"], c["Tau_pt"])
+    assert not np.array_equal(a["PuppiMET_pt"], c["PuppiMET_pt"])
+    assert not all(np.array_equal(a[t], c[t]) for t in a if t.startswith("HLT_"))
+
+
+@pytest.mark.parametrize("fmt", ["ttree", "rntuple"])
+def test_wide_dataset_write_and_read_back(tmp_path: Path, fmt: str) -> None:
+    ds = generate_dataset(
+        tmp_path, n_events=150, seed=2, fmt=fmt, compression="lz4", samples=["signal"], wide=True
+    )
+    expected = generate_events("signal", 150, 2, wide=True)
+    with uproot.open(ds.files["signal"][0]) as file:
+        tree = file["Events"]
+        assert tree.num_entries == 150
+        assert tree.keys() == list(nanoaod.WIDE_BRANCHES)
+        if fmt == "ttree":
+            for branch, collection in WIDE_JAGGED.items():
+                assert tree[branch].count_branch.name == f"n{collection}", branch
+        back = tree.arrays(library="ak")
+    for name, value in expected.items():
+        if name in WIDE_JAGGED:
+            assert ak.array_equal(back[name], value), name
+        else:
+            read = ak.to_numpy(back[name])
+            assert read.dtype == value.dtype, name
+            np.testing.assert_array_equal(read, value, err_msg=name)
+
+
+def test_cli_generate_wide(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mlaas4hep.cli import app
+
+    out = tmp_path / "wide"
+    args = [str(out), "--events", "30", "--format", "rntuple", "--compression", "lz4", "--wide"]
+    result = CliRunner().invoke(app, ["generate", *args])
+    assert result.exit_code == 0, result.output
+    for sample in SAMPLES:
+        with uproot.open(out / f"{sample}_0.root") as file:
+            assert file["Events"].keys() == list(nanoaod.WIDE_BRANCHES)
+            assert file["Events"].num_entries == 30

@@ -35,9 +35,14 @@ def test_parallel_scan_equals_serial(files: list[Path]) -> None:
     x = serial.branch("X_val")
     assert (x.kind, x.collection, x.length, x.length_policy) == ("jagged", "X", 3, "max")
     assert x.lengths is not None
-    assert x.lengths.counts == np.bincount(
-        np.concatenate([np.arange(a, a + n) % 4 for a, n in [(0, 700), (10_000, 1000), (20_000, 1300)]])
-    ).tolist()
+    assert (
+        x.lengths.counts
+        == np.bincount(
+            np.concatenate(
+                [np.arange(a, a + n) % 4 for a, n in [(0, 700), (10_000, 1000), (20_000, 1300)]]
+            )
+        ).tolist()
+    )
 
 
 def test_data_hash_identifies_the_data_not_the_path(files: list[Path], tmp_path: Path) -> None:
@@ -90,15 +95,23 @@ def test_preprocessing_selection_and_new_variables(files: list[Path], tmp_path: 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("def selection(events):\n    raise RuntimeError('boom')\n", r"selection\(\) in .*failed on .*f0.root: RuntimeError: boom"),
-        ("def selection(events):\n    return events.flat[:3] > 0\n", r"selection\(\) in .* returned 3 entries for 700 events of .*f0.root"),
+        (
+            "def selection(events):\n    raise RuntimeError('boom')\n",
+            r"selection\(\) in .*failed on .*f0.root: RuntimeError: boom",
+        ),
+        (
+            "def selection(events):\n    return events.flat[:3] > 0\n",
+            r"selection\(\) in .* returned 3 entries for 700 events of .*f0.root",
+        ),
         ("def new_variables(events):\n    return [1]\n", r"must return a dict"),
         ("def label(events):\n    return 1\n", r"label\(\) in .* returned int, not an array"),
         ("x = 1\n", "defines none of selection, new_variables, label"),
         ("import nonexistent_module_xyz\n", "importing .* failed: ModuleNotFoundError"),
     ],
 )
-def test_bad_preprocessing_is_reported(files: list[Path], tmp_path: Path, body: str, message: str) -> None:
+def test_bad_preprocessing_is_reported(
+    files: list[Path], tmp_path: Path, body: str, message: str
+) -> None:
     module = tmp_path / "preproc.py"
     module.write_text(body)
     source = resolve_sources(str(files[0]))

@@ -82,9 +82,11 @@ def test_flat_layout_on_real_files(name: str, branches: str, method: str) -> Non
         chunks = [transform.flat(c.data) for c in stream.iter_epoch(0)]
     x = np.concatenate([c.x for c in chunks])
     mask = np.concatenate([c.mask for c in chunks])
-    rows = uproot.open(path)[spec.tree or ("events" if "HZZ" in name else "Events")].arrays(
-        spec.source_branches
-    ).tolist()
+    rows = (
+        uproot.open(path)[spec.tree or ("events" if "HZZ" in name else "Events")]
+        .arrays(spec.source_branches)
+        .tolist()
+    )
     ref_x, ref_mask = reference_flat(rows, spec)
     assert_matches(x, ref_x)
     assert np.array_equal(mask, ref_mask)
@@ -159,14 +161,14 @@ def test_bad_input_names_branch_and_file() -> None:
     events = ak.Array({"a": [1.0, 2.0], "J_x": [[1.0], [2.0]]})
     spec = spec_from_events(events)
     transform = VectorTransform(spec)
-    with pytest.raises(DataError, match="branch 'J_x' of the feature spec is missing in f.root"):
+    with pytest.raises(DataError, match=r"branch 'J_x' of the feature spec is missing in f\.root"):
         transform.flat(ak.Array({"a": [1.0]}), where="f.root")
-    with pytest.raises(DataError, match="branch 'a' has type int64 in f.root; .* expects float64"):
+    with pytest.raises(DataError, match=r"branch 'a' has type int64 in f\.root; .* expects float64"):
         transform.flat(ak.Array({"a": [1], "J_x": [[1.0]]}), where="f.root")
     with pytest.raises(DataError, match="branch 'J_x' is jagged in the feature spec but flat"):
         transform.flat(ak.Array({"a": [1.0], "J_x": [1.0]}), where="f.root")
     strict = spec_from_events(events, ScanOptions(length=1, clip="error"))
-    with pytest.raises(DataError, match="1 events of f.root have more than 1 J entries"):
+    with pytest.raises(DataError, match=r"1 events of f\.root have more than 1 J entries"):
         VectorTransform(strict).flat(ak.Array({"a": [1.0], "J_x": [[1.0, 2.0]]}), where="f.root")
 
 
@@ -191,7 +193,9 @@ jagged_lists = st.lists(
     length=st.integers(1, 5),
     method=st.sampled_from(["none", "minmax", "standard", "robust"]),
 )
-def test_random_jagged_arrays(data: list[list[float]], flat: list[float], length: int, method: str) -> None:
+def test_random_jagged_arrays(
+    data: list[list[float]], flat: list[float], length: int, method: str
+) -> None:
     n = min(len(data), len(flat))
     data, flat = data[:n], flat[:n]
     content = np.asarray([v for row in data for v in row], dtype=np.float32)

@@ -69,6 +69,12 @@ def generate(
         str, typer.Option(help="zlib, lz4, zstd, lzma or none (optionally with a level: zstd:5).")
     ] = "zlib",
     tree: Annotated[str, typer.Option(help="Tree name.")] = "Events",
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide", help="~900 branches with real NanoAOD names and dtypes instead of 35."
+        ),
+    ] = False,
 ) -> None:
     """Write a toy NanoAOD-like signal (ttbar-like) and background (W+jets-like) dataset.
 
@@ -84,6 +90,7 @@ def generate(
         fmt=fmt,
         compression=compression,
         tree=tree,
+        wide=wide,
     )
     for sample, paths in dataset.files.items():
         for path in paths:
@@ -245,9 +252,7 @@ Labels = Annotated[
     typer.Option(help="labels.txt paired with the file list, or one value per input."),
 ]
 Tree = Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")]
-Redirector = Annotated[
-    str | None, typer.Option(help="Prefix for logical file names (/store/...).")
-]
+Redirector = Annotated[str | None, typer.Option(help="Prefix for logical file names (/store/...).")]
 Preproc = Annotated[
     Path | None,
     typer.Option("--preproc", help="Python file defining selection / new_variables / label."),
@@ -269,6 +274,19 @@ def _length_overrides(values: list[str] | None) -> dict[str, str]:
             fail(f"--length-of expects PATTERN=max|qQ|N (e.g. 'Jet_*=8'), got {item!r}")
         overrides[pattern] = policy
     return overrides
+
+
+def _image_spec(path: Path) -> dict[str, object]:
+    """A validated image spec from a JSON file."""
+    from mlaas4hep.transform.matrix import ImageSpec
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        fail(f"cannot read the image spec {path}: {exc.strerror or exc}")
+    except json.JSONDecodeError as exc:
+        fail(f"{path} is not valid JSON: {exc}")
+    return ImageSpec.from_dict(data).to_dict()
 
 
 @app.command()
@@ -305,9 +323,11 @@ def scan(
     ] = None,
     pad_value: Annotated[str, typer.Option(help="Pad value: nan or a number.")] = "nan",
     layout: Annotated[str, typer.Option(help="flat ([N, F]) or grouped ([N, C, L]).")] = "flat",
-    clip: Annotated[
-        str, typer.Option(help="Longer lists: clip (counted) or error.")
-    ] = "clip",
+    clip: Annotated[str, typer.Option(help="Longer lists: clip (counted) or error.")] = "clip",
+    images: Annotated[
+        Path | None,
+        typer.Option(help="JSON image spec (views, channels) for matrix-wise event images."),
+    ] = None,
 ) -> None:
     """First pass: statistics of a dataset, written as the feature spec (features.json)."""
     from rich.progress import Progress
@@ -344,6 +364,8 @@ def scan(
             workers=workers,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    if images is not None:
+        spec.images = _image_spec(images)
     spec.save(out)
     stdout.print(
         f"{len(spec.branches)} branches ({len(spec.flat_branches)} flat, "
@@ -354,8 +376,7 @@ def scan(
     for name, count in report.clipped.items():
         branch = spec.collections()[name][0]
         stdout.print(
-            f"  {name}: length {branch.length} ({branch.length_policy}), "
-            f"{count:,} events clipped",
+            f"  {name}: length {branch.length} ({branch.length_policy}), {count:,} events clipped",
             highlight=False,
         )
 

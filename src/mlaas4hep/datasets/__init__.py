@@ -7,6 +7,9 @@ everything runs on a fresh machine without downloading data::
 
     ds = generate_dataset("demo-data", n_events=10_000, n_files=2, fmt="rntuple")
     ds.files_txt, ds.labels_txt  # feed these to the data layer
+
+``wide=True`` writes ~900 branches with real NanoAOD names and dtypes instead of 35
+(:data:`WIDE_BRANCHES`), for benchmarks that need NanoAOD's width.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from mlaas4hep.datasets.nanoaod import (
     FORMATS,
     LABELS,
     SAMPLES,
+    WIDE_BRANCHES,
+    WIDE_COLLECTIONS,
     EventArrays,
     GeneratedDataset,
     generate_dataset,
@@ -33,6 +38,8 @@ __all__ = [
     "FORMATS",
     "LABELS",
     "SAMPLES",
+    "WIDE_BRANCHES",
+    "WIDE_COLLECTIONS",
     "EventArrays",
     "GeneratedDataset",
     "generate_dataset",

@@ -50,6 +50,14 @@ def preprocessing_for(spec: FeatureSpec, path: str | Path | None) -> Preprocessi
     return loaded
 
 
+def image_branches(source: Source, spec: FeatureSpec) -> list[str]:
+    """The branches the spec's event images read, as found in ``source``."""
+    assert spec.images is not None
+    with EventStream([source], BranchSelection(identifiers=[]), tree=spec.tree, prefetch=0) as probe:
+        available = probe.features
+    return ImageSpec.from_dict(spec.images).branches(available)
+
+
 def chunk_origin(stream: EventStream, chunk: Chunk) -> str:
     """The file names a chunk's events come from, for error messages."""
     urls = [stream.sources[i].url for i in np.unique(chunk.source)]
@@ -125,14 +133,21 @@ def convert(
     warning = spec.check_data(hash_now, allow_other=allow_other_data)
     if warning:
         report.warnings.append(warning)
-    wanted = list(dict.fromkeys([*spec.source_branches, *([label_branch] if label_branch else [])]))
-    selection = BranchSelection(include=wanted, identifiers=spec.identifiers)
+    wanted = [*spec.source_branches, *([label_branch] if label_branch else [])]
+    if spec.images is not None:
+        wanted += image_branches(limited[0], spec)
+    selection = BranchSelection(include=list(dict.fromkeys(wanted)), identifiers=spec.identifiers)
     vector = VectorTransform(spec)
     columns = {"x": spec.columns()} if spec.layout == "flat" else None
     with (
         EventStream(
-            sources, selection, tree=spec.tree, step_size=step_size, nevts=nevts,
-            shuffle=shuffle, seed=seed,
+            sources,
+            selection,
+            tree=spec.tree,
+            step_size=step_size,
+            nevts=nevts,
+            shuffle=shuffle,
+            seed=seed,
         ) as stream,  # fmt: skip
         open_writer(out, fmt, metadata=spec.to_dict(), columns=columns) as writer,
     ):

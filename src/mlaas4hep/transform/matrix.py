@@ -46,8 +46,9 @@ flat ``MET_phi`` / ``MET_pt`` pair can be drawn in a ``phi``-``pt`` view.
 
 Everything is vectorised: a collection is flattened once, the bin indices of all
 entries are computed with numpy, and the cells are filled with ``np.bincount``
-(sum) or ``np.maximum.at`` (max) on a flat linear index, in blocks of events so
-that the temporary buffers stay small and in cache. There is no per-event Python loop.
+(sum, in float64, in blocks of events so that the buffer stays small) or
+``np.maximum.at`` (max) on a flat linear index; only the cells some entry falls
+in are ever written. There is no per-event Python loop.
 """
 
 from __future__ import annotations
@@ -378,9 +379,9 @@ class SparseImages:
 
 def _float_values(values: Array) -> Array:
     """float32 stays float32 (compared with float32 edges); anything else → float64."""
-    if values.dtype in {np.dtype(np.float32), np.dtype(np.float64)}:
-        return values
-    return values.astype(np.float64)
+    if values.dtype.kind == "f" and values.dtype.itemsize == 4:
+        return values.astype(np.float32, copy=False)
+    return values.astype(np.float64, copy=False)
 
 
 class _Table:
@@ -550,14 +551,15 @@ def _bin(values: Array, lo: float, hi: float, n: int) -> Array:
     satisfies ``edges[i] <= v < edges[i + 1]`` (``<= hi`` for the last bin): exact
     and, unlike ``np.searchsorted``, a few fast passes.
     """
-    edges = np.linspace(lo, hi, n + 1).astype(values.dtype)
+    with np.errstate(over="ignore"):
+        edges = np.linspace(lo, hi, n + 1).astype(values.dtype)
     lower = edges[:-1]
     upper = edges[1:].copy()
     upper[-1] = np.inf
     kind = values.dtype.type
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         guess = (values - kind(edges[0])) * kind(n / (float(edges[-1]) - float(edges[0])))
-        index = guess.astype(np.int64)
+        index: Array = guess.astype(np.int64)
     np.clip(index, 0, n - 1, out=index)
     # Converges monotonically: the edges are sorted and every value is within them.
     while True:
@@ -570,19 +572,21 @@ def _bin(values: Array, lo: float, hi: float, n: int) -> Array:
 
 
 def _edge(value: float, dtype: np.dtype[Any]) -> Any:
-    return np.asarray(value).astype(dtype)[()]
+    with np.errstate(over="ignore"):  # a float64 range beyond float32's: ±inf
+        return np.asarray(value).astype(dtype)[()]
 
 
 @dataclass
 class _Cells:
     """The entries of one collection that fall in one view, and their cells.
 
-    ``entries`` indexes the flattened collection; ``linear`` is
-    ``event * H * W + row * W + col`` per kept entry, non-decreasing in ``event``
-    (entries stay grouped by event, in their original order within an event).
+    Per kept entry: ``entries`` its index in the flattened collection, ``event``
+    its event and ``linear`` = ``event * H * W + row * W + col``. Entries stay
+    grouped by event (``event`` is non-decreasing), in their original order.
     """
 
     entries: Array
+    event: Array
     linear: Array
 
 
@@ -604,7 +608,7 @@ def _cells(table: _Table, collection: str, view: ImageView) -> _Cells:
     linear = event * (h * w)
     linear += row * w
     linear += col
-    return _Cells(entries=entries, linear=linear)
+    return _Cells(entries=entries, event=event, linear=linear)
 
 
 def _prepare(
@@ -637,16 +641,30 @@ def _check_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
         out = np.dtype(dtype)
     except TypeError as exc:
         raise ConfigError(f"dtype must be a numpy number type, got {dtype!r}") from exc
-    if out.kind not in "iuf":
-        raise ConfigError(f"dtype must be an integer or floating type, got {out}")
+    if out.kind != "f":
+        raise ConfigError(f"dtype must be a floating type such as float32, got {out}")
     return out
+
+
+def _check_out(out: Any, shape: tuple[int, int, int, int]) -> None:
+    if not isinstance(out, np.ndarray):
+        raise ConfigError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ConfigError(f"out must have the shape [N, C, H, W] = {shape}, got {out.shape}")
+    _check_dtype(out.dtype)
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ConfigError("out must be a writeable C-contiguous array")
 
 
 # --------------------------------------------------------------------------- public API
 
 
 def make_images(
-    events: ak.Array | Mapping[str, Any], spec: ImageSpec, *, dtype: npt.DTypeLike = np.float32
+    events: ak.Array | Mapping[str, Any],
+    spec: ImageSpec,
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    out: Array | None = None,
 ) -> Array:
     """Event images ``[N, C, H, W]`` of ``events`` as configured by ``spec``.
 
@@ -656,50 +674,78 @@ def make_images(
             :func:`mlaas4hep.datasets.generate_events` returns).
         spec: the views and channels; output channel ``v * len(spec.channels) + c``
             is channel ``c`` in view ``v``.
-        dtype: of the result (cells are computed in float64, then cast).
+        dtype: floating type of the result; sums are computed in float64, then cast.
+        out: optionally, a C-contiguous ``[N, C, H, W]`` floating array to fill
+            instead of allocating one (``dtype`` is then ignored): reusing one
+            buffer per batch saves the page faults of a fresh array, which are
+            most of the cost of a large batch.
+
+    Returns:
+        The images (``out`` when given); ``float32`` by default.
 
     Raises:
         DataError: a branch is missing (the message lists the fields with the
             same prefix), not numeric, or inconsistent with its collection.
-        ConfigError: an invalid spec or dtype.
+        ConfigError: an invalid spec, dtype or ``out``.
     """
-    out_dtype = _check_dtype(dtype)
     table, plan = _prepare(events, spec)
     n = table.length
     h, w = spec.bins
     hw = h * w
-    out = np.zeros((n, len(plan), h, w), dtype=out_dtype)
-    if n == 0:
-        return out
-    # Blocks of events small enough for the temporary cell buffers to stay in cache;
-    # entries are grouped by event, so a block of events is a slice of entries.
-    block = max(1, _BLOCK_CELLS // hw)
-    starts = np.arange(0, n + block, block, dtype=np.int64)
-    starts[-1] = n
-    bounds = [np.searchsorted(cells.linear, starts * hw) for cells, _, _ in plan]
-    for b in range(len(starts) - 1):
-        e0, e1 = int(starts[b]), int(starts[b + 1])
-        for c, (cells, weights, reduce) in enumerate(plan):
-            s, t = int(bounds[c][b]), int(bounds[c][b + 1])
-            if s == t:
-                continue
-            local = cells.linear[s:t] - e0 * hw
-            values = _fill(local, None if weights is None else weights[s:t], reduce, (e1 - e0) * hw)
-            out[e0:e1, c] = values.reshape(e1 - e0, h, w)
+    n_channels = len(plan)
+    if out is None:
+        out = np.zeros((n, n_channels, h, w), dtype=_check_dtype(dtype))
+    else:
+        _check_out(out, (n, n_channels, h, w))
+        out.fill(0)
+    flat = out.reshape(-1)
+    # Only the cells some entry falls in are written: a fresh output stays untouched
+    # (zero, and not even paged in) elsewhere. Values beyond a small dtype become inf.
+    with np.errstate(over="ignore"):
+        _fill(flat, plan, n, hw)
     return out
 
 
-def _fill(local: Array, weights: Array | None, reduce: Reduce, size: int) -> Array:
-    """Cell values of one block: ``size`` cells, entries at ``local`` with ``weights``."""
-    if reduce == "sum":
-        return np.bincount(local, weights=weights, minlength=size)
-    occupied = np.bincount(local, minlength=size) > 0
-    if weights is None:
-        return occupied
-    buffer = np.full(size, -np.inf)
-    np.maximum.at(buffer, local, weights)
-    buffer[~occupied] = 0.0
-    return buffer
+def _fill(flat: Array, plan: list[tuple[_Cells, Array | None, Reduce]], n: int, hw: int) -> None:
+    n_channels = len(plan)
+    for c, (cells, weights, reduce) in enumerate(plan):
+        target = cells.event * ((n_channels - 1) * hw)
+        target += cells.linear
+        target += c * hw
+        if reduce == "max":
+            if weights is None:
+                flat[target] = 1
+            else:
+                # The cast to the output type is monotonic: max then cast = cast then max.
+                flat[target] = -np.inf
+                np.maximum.at(flat, target, weights.astype(flat.dtype))
+        else:
+            _add_into(flat, target, cells.linear, weights, n, hw)
+
+
+def _add_into(
+    flat: Array, target: Array, linear: Array, weights: Array | None, n: int, hw: int
+) -> None:
+    """``flat[target] = `` the float64 sums of ``weights`` (1 each if ``None``) per cell.
+
+    Sums are computed with ``np.bincount`` in blocks of events whose cell buffer
+    stays small (entries are grouped by event: a block of events is a slice of
+    entries), then scattered to the cells that received an entry.
+    """
+    block = max(1, _BLOCK_CELLS // hw)
+    starts = np.arange(0, n + block, block, dtype=np.int64)
+    starts[-1] = n
+    bounds = np.searchsorted(linear, starts * hw)
+    for b in range(len(starts) - 1):
+        s, t = int(bounds[b]), int(bounds[b + 1])
+        if s == t:
+            continue
+        e0, e1 = int(starts[b]), int(starts[b + 1])
+        local = linear[s:t] - e0 * hw
+        sums = np.bincount(
+            local, weights=None if weights is None else weights[s:t], minlength=(e1 - e0) * hw
+        )
+        flat[target[s:t]] = sums[local]
 
 
 def make_sparse_images(
@@ -740,7 +786,8 @@ def make_sparse_images(
             cell_values = np.zeros(0)
         event, cell = np.divmod(unique, hw)
         keys.append((event * n_channels + c) * hw + cell)
-        values.append(cell_values.astype(out_dtype))
+        with np.errstate(over="ignore"):
+            values.append(cell_values.astype(out_dtype))
     key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
     value = np.concatenate(values) if values else np.zeros(0, dtype=out_dtype)
     order = np.argsort(key, kind="stable")

@@ -14,7 +14,9 @@ from mlaas4hep.transform.spec import Normalization, ValueStats
 METHODS = ("none", "minmax", "standard", "robust")
 
 
-def choose(stats: ValueStats | None, method: str, *, log: bool = False, name: str = "") -> Normalization:
+def choose(
+    stats: ValueStats | None, method: str, *, log: bool = False, name: str = ""
+) -> Normalization:
     """The normalisation ``method`` (optionally after ``log1p``) for a branch with ``stats``."""
     if method not in METHODS:
         raise ConfigError(f"normalisation must be one of {', '.join(METHODS)}, got {method!r}")

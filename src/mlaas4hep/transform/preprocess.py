@@ -66,22 +66,22 @@ class Preprocessing:
     def _per_event(self, value: Any, what: str, n: int, where: str) -> ak.Array:
         try:
             array = ak.Array(value) if not isinstance(value, ak.Array) else value
-        except Exception as exc:  # noqa: BLE001 - anything not array-like
+        except Exception as exc:
             raise PreprocessError(
                 f"{what} in {self.path} returned {type(value).__name__}, not an array"
             ) from exc
         if array.ndim == 0 or len(array) != n:
             got = "a scalar" if array.ndim == 0 else f"{len(array)} entries"
-            raise PreprocessError(
-                f"{what} in {self.path} returned {got} for {n} events of {where}"
-            )
+            raise PreprocessError(f"{what} in {self.path} returned {got} for {n} events of {where}")
         return array
 
     def selection(self, events: ak.Array, *, where: str) -> np.ndarray | None:
         """The boolean event mask, or ``None`` without a ``selection`` function."""
         if "selection" not in self.functions:
             return None
-        mask = self._per_event(self._call("selection", events, where), "selection()", len(events), where)
+        mask = self._per_event(
+            self._call("selection", events, where), "selection()", len(events), where
+        )
         kind, dtype = _leaf_kind(mask)
         if kind != "flat" or dtype != "bool":
             raise PreprocessError(
@@ -116,7 +116,9 @@ class Preprocessing:
                 f"label() in {self.path} must return one number per event, got {labels.type}"
             ) from exc
 
-    def apply(self, events: ak.Array, *, where: str) -> tuple[ak.Array, np.ndarray | None, np.ndarray | None]:
+    def apply(
+        self, events: ak.Array, *, where: str
+    ) -> tuple[ak.Array, np.ndarray | None, np.ndarray | None]:
         """``(events with derived variables, selection mask, labels)`` — all before selecting."""
         derived = self.new_variables(events, where=where)
         if derived:
@@ -125,9 +127,7 @@ class Preprocessing:
                 raise PreprocessError(
                     f"new_variables() in {self.path} redefines existing branches {clash}"
                 )
-            events = ak.zip(
-                {**{f: events[f] for f in events.fields}, **derived}, depth_limit=1
-            )
+            events = ak.zip({**{f: events[f] for f in events.fields}, **derived}, depth_limit=1)
         return events, self.selection(events, where=where), self.label(events, where=where)
 
 
@@ -151,7 +151,9 @@ def load_preprocessing(path: str | Path) -> Preprocessing:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise PreprocessError(f"importing {source} failed: {describe_exception(exc)}") from exc
-    loaded = Preprocessing(path=source.resolve(), sha256=hashlib.sha256(data).hexdigest(), module=module)
+    loaded = Preprocessing(
+        path=source.resolve(), sha256=hashlib.sha256(data).hexdigest(), module=module
+    )
     if not loaded.functions:
         raise ConfigError(f"{source} defines none of {', '.join(FUNCTIONS)}")
     return loaded

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,7 +107,12 @@ class Accumulator:
             self.count, self.mean, self.m2, other.count, other.mean, other.m2
         )
         self.log_count, self.log_mean, self.log_m2 = self._merge_moments(
-            self.log_count, self.log_mean, self.log_m2, other.log_count, other.log_mean, other.log_m2
+            self.log_count,
+            self.log_mean,
+            self.log_m2,
+            other.log_count,
+            other.log_mean,
+            other.log_m2,
         )
         self.minimum = min(self.minimum, other.minimum)
         self.maximum = max(self.maximum, other.maximum)
@@ -193,7 +198,7 @@ def scan_source(
 ) -> FileScan:
     """Scan one file (runs in a worker process)."""
     digest = hashlib.sha256(source.url.encode()).digest()
-    rng = np.random.default_rng([seed, int.from_bytes(digest[:4], 'little')])
+    rng = np.random.default_rng([seed, int.from_bytes(digest[:4], "little")])
     preprocessing = load_preprocessing(preprocessing_path) if preprocessing_path else None
     accumulators: dict[str, Accumulator] = {}
     split: set[str] = set()
@@ -221,7 +226,7 @@ class ScanOptions:
     """How lengths and normalisation are chosen from the statistics."""
 
     length: str | int | float = "max"
-    lengths: dict[str, str | int | float] = field(default_factory=dict)
+    lengths: Mapping[str, str | float] = field(default_factory=dict)
     normalization: str = "standard"
     log: list[str] = field(default_factory=list)
     pad_value: float = float("nan")
@@ -229,7 +234,7 @@ class ScanOptions:
     clip: str = "clip"
 
 
-def choose_length(policy: str | int | float, stats: LengthStats, name: str) -> tuple[int, str]:
+def choose_length(policy: str | float, stats: LengthStats, name: str) -> tuple[int, str]:
     """``(length, policy text)`` for a jagged branch: max, a quantile or a fixed number."""
     if isinstance(policy, int) or (isinstance(policy, str) and policy.isdigit()):
         length = int(policy)
@@ -312,30 +317,30 @@ def build_spec(
     for name, acc in merged.items():
         stats = acc.value_stats()
         norm = normalize.choose(stats, options.normalization, log=name in logged, name=name)
-        spec = BranchSpec(
+        branch = BranchSpec(
             name=name, dtype=acc.dtype, kind="flat" if acc.kind == "flat" else "jagged",
             stats=stats, normalization=norm, derived=name in derived,
         )  # fmt: skip
-        if spec.kind == "jagged":
-            spec.lengths = LengthStats(counts=[int(c) for c in acc.lengths])
-            spec.collection = name if name in split else _collection_key(name)
-            override = next(
-                (v for p, v in options.lengths.items() if matches(p, [name])), None
-            )
+        if branch.kind == "jagged":
+            branch.lengths = LengthStats(counts=[int(c) for c in acc.lengths])
+            branch.collection = name if name in split else _collection_key(name)
+            override = next((v for p, v in options.lengths.items() if matches(p, [name])), None)
             if override is not None:
-                spec.length, spec.length_policy = choose_length(override, spec.lengths, name)
-            elif spec.collection in per_collection:
-                spec.length, spec.length_policy = per_collection[spec.collection]
+                branch.length, branch.length_policy = choose_length(override, branch.lengths, name)
+            elif branch.collection in per_collection:
+                branch.length, branch.length_policy = per_collection[branch.collection]
             else:
-                spec.length, spec.length_policy = choose_length(options.length, spec.lengths, name)
-            per_collection.setdefault(spec.collection, (spec.length, spec.length_policy))
-            clipped[spec.collection] = spec.lengths.clipped(spec.length)
-        branches.append(spec)
-    spec = FeatureSpec(
+                branch.length, branch.length_policy = choose_length(
+                    options.length, branch.lengths, name
+                )
+            per_collection.setdefault(branch.collection, (branch.length, branch.length_policy))
+            clipped[branch.collection] = branch.lengths.clipped(branch.length)
+        branches.append(branch)
+    feature_spec = FeatureSpec(
         branches=branches, tree=tree, layout=options.layout, pad_value=options.pad_value,
         identifiers=identifiers, clip=options.clip,
     )  # fmt: skip
-    return spec, clipped
+    return feature_spec, clipped
 
 
 @dataclass

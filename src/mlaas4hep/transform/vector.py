@@ -153,7 +153,9 @@ class VectorTransform:
 
     # -- layouts ------------------------------------------------------------
 
-    def flat(self, events: ak.Array, *, where: str = "the events", check: bool = True) -> FlatTensors:
+    def flat(
+        self, events: ak.Array, *, where: str = "the events", check: bool = True
+    ) -> FlatTensors:
         """The flat layout ``[N, F]`` and its mask."""
         if check:
             self.validate(events, where=where)
@@ -164,7 +166,9 @@ class VectorTransform:
             x[:, j] = self._values(events[b.name].to_numpy(), b)
         clipped = {}
         for name, branches in self._groups.items():
-            counts, keep, destination, clipped[name] = self._collection_index(events, branches, where)
+            counts, keep, destination, clipped[name] = self._collection_index(
+                events, branches, where
+            )
             block_mask = self._mask(counts, branches[0].length)
             for b in branches:
                 a = self._starts[b.name]
@@ -189,7 +193,9 @@ class VectorTransform:
                 raise DataError(
                     f"the grouped layout needs one length per collection; {name} has {sorted(lengths)}"
                 )
-            counts, keep, destination, clipped[name] = self._collection_index(events, branches, where)
+            counts, keep, destination, clipped[name] = self._collection_index(
+                events, branches, where
+            )
             length = branches[0].length
             block = np.empty((n, len(branches), length), dtype=np.float32)
             for k, b in enumerate(branches):

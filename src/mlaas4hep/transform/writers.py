@@ -34,12 +34,15 @@ Layouts:
   column names the 0-d string array ``__columns__`` (JSON).
 
 :func:`read_tensors`, :func:`read_metadata` and :func:`read_columns` read any
-of the three back.
+of the three back. ``pyarrow`` (Parquet) and ``h5py`` (HDF5) are imported on
+first use, so each format needs only its own library.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import json
 import os
 import secrets
@@ -54,11 +57,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import h5py
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mlaas4hep.errors import ConfigError, DataError
 
@@ -107,6 +107,31 @@ _CODECS: dict[str, dict[str, bool]] = {
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 Array = npt.NDArray[Any]
+
+
+def _import(module: str, package: str, fmt: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"the {fmt} format needs the {package} package; install it with: pip install {package}"
+        ) from None
+
+
+# imported on first use, so that each format needs only its own library
+@functools.cache
+def _pa() -> Any:
+    return _import("pyarrow", "pyarrow", "parquet")
+
+
+@functools.cache
+def _pq() -> Any:
+    return _import("pyarrow.parquet", "pyarrow", "parquet")
+
+
+@functools.cache
+def _h5py() -> Any:
+    return _import("h5py", "h5py", "hdf5")
 
 
 @dataclass(frozen=True)
@@ -189,13 +214,14 @@ def _check_columns(columns: Mapping[str, Sequence[str]] | None) -> dict[str, tup
     if not isinstance(columns, Mapping):
         raise ConfigError(f"columns must be a dict of array name → column names, not {columns!r}")
     out: dict[str, tuple[str, ...]] = {}
-    for array, names in columns.items():
-        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+    for array, raw in columns.items():
+        names: list[object] = [] if isinstance(raw, str) else list(raw)
+        if not names or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"columns of array {array!r} must be a list of non-empty strings")
-        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+        duplicates = sorted(str(n) for n, count in Counter(names).items() if count > 1)
         if duplicates:
             raise ConfigError(f"columns of array {array!r} are not unique: {', '.join(duplicates)}")
-        out[array] = tuple(names)
+        out[array] = tuple(map(str, names))
     return out
 
 
@@ -342,11 +368,14 @@ class TensorWriter(ABC):
 
     def _check(self, arrays: Mapping[str, npt.ArrayLike]) -> dict[str, Array]:
         where = f"chunk {self._chunks} for {self.path}"
-        if not isinstance(arrays, Mapping) or not arrays:
+        given: object = arrays  # checked at run time: callers may pass anything
+        if not isinstance(given, Mapping) or not given:
             raise DataError(f"{where}: expected a non-empty dict of arrays", path=str(self.path))
         chunk: dict[str, Array] = {}
         for name, value in arrays.items():
             array = np.asarray(value)
+            if not array.dtype.isnative:  # e.g. big-endian data straight from a ROOT file
+                array = array.astype(array.dtype.newbyteorder("="))
             if array.dtype.kind not in _NUMERIC_KINDS:
                 raise DataError(
                     f"{where}: array {name!r} has dtype {array.dtype}; "
@@ -472,16 +501,17 @@ class ParquetWriter(TensorWriter):
         columns: Mapping[str, Sequence[str]] | None = None,
         compression: str | None = "default",
     ) -> None:
+        _pq()  # fail early when pyarrow is missing
         super().__init__(path, metadata=metadata, columns=columns, compression=compression)
-        self._writer: pq.ParquetWriter | None = None
-        self._arrow_schema: pa.Schema | None = None
+        self._writer: Any = None
+        self._arrow_schema: Any = None
 
-    def _open(self, schema: pa.Schema) -> None:
+    def _open(self, schema: Any) -> None:
         meta = {LAYOUT_KEY: json.dumps(self._layout())}
         if self._metadata_json is not None:
             meta[METADATA_KEY] = self._metadata_json
         self._arrow_schema = schema.with_metadata(meta)
-        self._writer = pq.ParquetWriter(
+        self._writer = _pq().ParquetWriter(
             self._tmp,
             self._arrow_schema,
             compression=self.compression,
@@ -493,18 +523,18 @@ class ParquetWriter(TensorWriter):
     def _write(self, chunk: dict[str, Array], n: int) -> None:
         assert self.schema is not None
         names: list[str] = []
-        columns: list[pa.Array] = []
+        columns: list[Any] = []
         for name, spec in self.schema.items():
             array = chunk[name]
             if spec.columns is not None:
                 # one contiguous copy, then each feature is a zero-copy column
                 transposed = np.ascontiguousarray(array.T)
                 names.extend(spec.columns)
-                columns.extend(pa.array(transposed[j]) for j in range(len(spec.columns)))
+                columns.extend(_pa().array(transposed[j]) for j in range(len(spec.columns)))
             else:
                 names.append(name)
                 columns.append(_to_arrow(array))
-        table = pa.Table.from_arrays(columns, names=names)
+        table = _pa().Table.from_arrays(columns, names=names)
         if self._writer is None:
             self._open(table.schema)
         if n == 0:
@@ -514,7 +544,7 @@ class ParquetWriter(TensorWriter):
 
     def _finish(self) -> None:
         if self._writer is None:  # nothing written: an empty file with the metadata
-            self._open(pa.schema([]))
+            self._open(_pa().schema([]))
         assert self._writer is not None
         self._writer.close()
 
@@ -524,12 +554,12 @@ class ParquetWriter(TensorWriter):
                 self._writer.close()
 
 
-def _to_arrow(array: Array) -> pa.Array:
+def _to_arrow(array: Array) -> Any:
     """A numpy array of rank ≥ 1 as an Arrow array (nested FixedSizeList for rank ≥ 2)."""
     flat = np.ascontiguousarray(array).reshape(-1)
-    out: pa.Array = pa.array(flat)
+    out: Any = _pa().array(flat)
     for size in reversed(array.shape[1:]):
-        out = pa.FixedSizeListArray.from_arrays(out, size)
+        out = _pa().FixedSizeListArray.from_arrays(out, size)
     return out
 
 
@@ -549,12 +579,17 @@ class Hdf5Writer(TensorWriter):
         columns: Mapping[str, Sequence[str]] | None = None,
         compression: str | None = "default",
     ) -> None:
+        h5py = _h5py()  # fail early when h5py is missing
         super().__init__(path, metadata=metadata, columns=columns, compression=compression)
         # a cache of a few chunks per dataset keeps the partial chunk at the end of
         # each dataset in memory between writes instead of re-reading/re-compressing it
-        self._file: h5py.File = h5py.File(
-            self._tmp, "w", track_order=True, rdcc_nbytes=4 * self.chunk_bytes, rdcc_nslots=1009
-        )
+        try:
+            self._file: Any = h5py.File(
+                self._tmp, "w", track_order=True, rdcc_nbytes=4 * self.chunk_bytes, rdcc_nslots=1009
+            )
+        except OSError as err:
+            self._cleanup()
+            raise DataError(f"cannot write {self.path}: {err}", path=str(self.path)) from err
         if self._metadata_json is not None:
             self._file.attrs[METADATA_KEY] = self._metadata_json
 
@@ -609,9 +644,15 @@ class NpzWriter(TensorWriter):
         compression: str | None = "default",
     ) -> None:
         super().__init__(path, metadata=metadata, columns=columns, compression=compression)
-        self._shards = Path(
-            tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".shards", dir=self.path.parent)
-        )
+        try:
+            self._shards = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{self.path.name}.", suffix=".shards", dir=self.path.parent
+                )
+            )
+        except OSError as err:
+            super()._cleanup()
+            raise DataError(f"cannot write {self.path}: {err}", path=str(self.path)) from err
         self._files: dict[str, Path] = {}
 
     def _write(self, chunk: dict[str, Array], n: int) -> None:
@@ -700,6 +741,12 @@ def open_writer(
 # readers
 
 
+def _read_errors(kind: str) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "this file cannot be read as ``kind``"."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, zipfile.BadZipFile)
+    return (*errors, _pa().ArrowException) if kind == "parquet" else errors
+
+
 def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -718,15 +765,16 @@ def read_tensors(path: str | os.PathLike[str], fmt: str | None = None) -> dict[s
     """
     kind = infer_format(path, fmt)
     p = _existing(path)
+    errors = _read_errors(kind)
     try:
         if kind == "parquet":
             return _read_parquet(p)
         if kind == "hdf5":
-            with h5py.File(p, "r") as f:
+            with _h5py().File(p, "r") as f:
                 return {
                     name: np.asarray(obj[()])
                     for name, obj in f.items()
-                    if isinstance(obj, h5py.Dataset)
+                    if isinstance(obj, _h5py().Dataset)
                 }
         with np.load(p, allow_pickle=False) as npz:
             return {
@@ -734,12 +782,12 @@ def read_tensors(path: str | os.PathLike[str], fmt: str | None = None) -> dict[s
                 for name in npz.files
                 if not (name.startswith("__") and name.endswith("__"))
             }
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, pa.ArrowException) as err:
+    except errors as err:
         raise DataError(f"cannot read {p} as {kind}: {err}", path=str(p)) from err
 
 
 def _read_parquet(path: Path) -> dict[str, Array]:
-    table = pq.read_table(path)
+    table = _pq().read_table(path)
     meta = table.schema.metadata or {}
     layout: dict[str, dict[str, Any]] | None = None
     if LAYOUT_KEY.encode() in meta:
@@ -764,17 +812,17 @@ def _read_parquet(path: Path) -> dict[str, Array]:
     return out
 
 
-def _column_numpy(column: pa.ChunkedArray, name: str) -> Array:
+def _column_numpy(column: Any, name: str) -> Array:
     """A Parquet column (primitive or nested FixedSizeList) as an ``[n, ...]`` numpy array."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     shape: list[int] = []
-    while pa.types.is_fixed_size_list(array.type):
+    while _pa().types.is_fixed_size_list(array.type):
         shape.append(array.type.list_size)
         array = array.flatten()
     if not (
-        pa.types.is_integer(array.type)
-        or pa.types.is_floating(array.type)
-        or pa.types.is_boolean(array.type)
+        _pa().types.is_integer(array.type)
+        or _pa().types.is_floating(array.type)
+        or _pa().types.is_boolean(array.type)
     ):
         raise DataError(f"column {name!r} has type {column.type}; expected a numeric tensor")
     if array.null_count:
@@ -794,11 +842,11 @@ def read_columns(path: str | os.PathLike[str], fmt: str | None = None) -> dict[s
     p = _existing(path)
     try:
         if kind == "hdf5":
-            with h5py.File(p, "r") as f:
+            with _h5py().File(p, "r") as f:
                 return {
                     name: [str(c) for c in obj.attrs["columns"]]
                     for name, obj in f.items()
-                    if isinstance(obj, h5py.Dataset) and "columns" in obj.attrs
+                    if isinstance(obj, _h5py().Dataset) and "columns" in obj.attrs
                 }
     except OSError as err:
         raise DataError(f"cannot read {p} as {kind}: {err}", path=str(p)) from err
@@ -816,16 +864,17 @@ def _read_attribute(
 ) -> str | None:
     kind = infer_format(path, fmt)
     p = _existing(path)
+    errors = _read_errors(kind)
     try:
         if kind == "parquet":
-            meta = pq.read_schema(p).metadata or {}
+            meta = _pq().read_schema(p).metadata or {}
             value = meta.get(key.encode())
             return None if value is None else bytes(value).decode()
         if kind == "hdf5":
-            with h5py.File(p, "r") as f:
+            with _h5py().File(p, "r") as f:
                 attr = f.attrs.get(key)
                 return None if attr is None else str(attr)
         with np.load(p, allow_pickle=False) as npz:
             return str(npz[npz_key][()]) if npz_key in npz.files else None
-    except (OSError, ValueError, zipfile.BadZipFile, pa.ArrowException) as err:
+    except errors as err:
         raise DataError(f"cannot read {p} as {kind}: {err}", path=str(p)) from err
