@@ -86,11 +86,18 @@ def test_event_images_are_written(dataset: Path, tmp_path: Path) -> None:
     }))  # fmt: skip
     spec_path, out = tmp_path / "features.json", tmp_path / "images.npz"
     signal = str(dataset / "signal_0.root")
-    assert cli("scan", signal, "--branches", "MET_pt", "--images", str(images), "-o", str(spec_path)).returncode == 0
+    assert (
+        cli(
+            "scan", signal, "--branches", "MET_pt", "--images", str(images), "-o", str(spec_path)
+        ).returncode
+        == 0
+    )
     result = cli("convert", signal, "--specs", str(spec_path), "--out", str(out))
     assert result.returncode == 0, result.stderr
     written = read_tensors(out)
-    arrays = uproot.open(signal)["Events"].arrays(["PFCands_eta", "PFCands_phi", "PFCands_pt", "Jet_eta", "Jet_phi"])
+    arrays = uproot.open(signal)["Events"].arrays(
+        ["PFCands_eta", "PFCands_phi", "PFCands_pt", "Jet_eta", "Jet_phi"]
+    )
     expected = make_images(arrays, ImageSpec.from_dict(json.loads(images.read_text())))
     assert written["images"].shape == (1500, 2, 8, 16)
     order = np.argsort(written["event"])

@@ -163,7 +163,9 @@ def test_bad_input_names_branch_and_file() -> None:
     transform = VectorTransform(spec)
     with pytest.raises(DataError, match=r"branch 'J_x' of the feature spec is missing in f\.root"):
         transform.flat(ak.Array({"a": [1.0]}), where="f.root")
-    with pytest.raises(DataError, match=r"branch 'a' has type int64 in f\.root; .* expects float64"):
+    with pytest.raises(
+        DataError, match=r"branch 'a' has type int64 in f\.root; .* expects float64"
+    ):
         transform.flat(ak.Array({"a": [1], "J_x": [[1.0]]}), where="f.root")
     with pytest.raises(DataError, match="branch 'J_x' is jagged in the feature spec but flat"):
         transform.flat(ak.Array({"a": [1.0], "J_x": [1.0]}), where="f.root")

@@ -53,7 +53,7 @@ from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-READ_BUFFER_CHUNKS = 4  # default read buffer, in chunks
+READ_BUFFER_CHUNKS = 8  # default read buffer, in chunks
 SIZE_SAMPLE_EVENTS = 2000  # events read to learn the bytes per event of a dataset
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B|B)?\s*$")
 _UNITS = {
@@ -192,9 +192,10 @@ class EventStream:
         Files kept open at once (least recently used ones are closed).
     read_buffer
         Events kept decompressed across chunks, shared by the sources
-        (default: four chunks). Each source reads whole clusters (cut to its
-        share of this buffer) and serves its pieces from them, so a cluster is
-        decompressed once however finely the sources are mixed.
+        (default: eight chunks). Each source reads whole clusters (cut to its
+        share of this buffer: all of it when files are read one after the
+        other) and serves its pieces from them, so a cluster is decompressed
+        once however finely the sources are mixed.
 
     Memory is bounded by about ``prefetch + 1`` chunks, the shuffle buffer and
     the read buffer, whatever the dataset size.
@@ -245,7 +246,9 @@ class EventStream:
         # Baskets of one read are decompressed in parallel (zlib, lz4, zstd
         # release the GIL): this is what uses the cores when a chunk comes
         # from fewer files than there are cores.
-        self._decompression = ThreadPoolExecutor(self.threads, "mlaas4hep-decompress")
+        self._decompression = (
+            ThreadPoolExecutor(self.threads, "mlaas4hep-decompress") if self.threads > 1 else None
+        )
         self._lock = threading.Lock()
         self._events_step, self._bytes_step = parse_step(step_size)
 
@@ -388,7 +391,8 @@ class EventStream:
             for i, n in enumerate(apportion(self.nevts, weights)):
                 start, stop = ranges[i]
                 ranges[i] = (start, min(stop, start + n))
-        max_unit = max(1, self.read_buffer // max(1, len(self._opened)))
+        sharing = len(self._opened) if self.interleave else 1
+        max_unit = max(1, self.read_buffer // sharing)
         clusters = {o.index: o.clusters for o in self._opened}
         return [
             split_units(start, stop, clusters.get(i, []), max_unit)
@@ -576,7 +580,8 @@ class EventStream:
         """Close every open file and stop the decompression threads."""
         for index in list(self._open):
             self._forget(index)
-        self._decompression.shutdown(wait=True)
+        if self._decompression is not None:
+            self._decompression.shutdown(wait=True)
 
     def __enter__(self) -> Self:
         return self

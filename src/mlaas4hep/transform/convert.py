@@ -53,7 +53,9 @@ def preprocessing_for(spec: FeatureSpec, path: str | Path | None) -> Preprocessi
 def image_branches(source: Source, spec: FeatureSpec) -> list[str]:
     """The branches the spec's event images read, as found in ``source``."""
     assert spec.images is not None
-    with EventStream([source], BranchSelection(identifiers=[]), tree=spec.tree, prefetch=0) as probe:
+    with EventStream(
+        [source], BranchSelection(identifiers=[]), tree=spec.tree, prefetch=0
+    ) as probe:
         available = probe.features
     return ImageSpec.from_dict(spec.images).branches(available)
 

@@ -52,13 +52,15 @@ def choose(
     return Normalization(method=method, log=log, shift=float(shift), scale=float(scale))
 
 
-def apply(values: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Normalised float32 copy of ``values`` (real entries only)."""
-    out = values.astype(np.float32, copy=True)
+def apply(values: np.ndarray, norm: Normalization, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalised float32 values (real entries only), written to ``out`` when given."""
+    if out is None:
+        out = np.empty(values.shape, dtype=np.float32)
+    out[...] = values
     if norm.log:
         np.log1p(out, out=out)
     if norm.shift != 0.0:
         out -= np.float32(norm.shift)
     if norm.scale != 1.0:
-        out /= np.float32(norm.scale)
+        out *= np.float32(1.0 / norm.scale)
     return out

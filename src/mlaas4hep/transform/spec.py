@@ -11,8 +11,9 @@ package and read by the server, so it is a stable, versioned JSON document::
 (flat or jagged), the collection (counter) of jagged branches, the chosen
 length and the policy that chose it, length and value statistics measured on
 real entries, and the normalisation. Column names of the flat layout are
-stable: flat branches in spec order, then every jagged branch padded to its
-length as ``Jet_pt_0``, ``Jet_pt_1``, ...
+stable: flat branches in spec order, then the jagged branches collection by
+collection (in order of first appearance), each padded to its length as
+``Jet_pt_0``, ``Jet_pt_1``, ...
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ class FeatureSpec:
         raise ConfigError(f"branch {name!r} is not in the feature spec")
 
     def columns(self) -> list[str]:
-        """Flat-layout column names: flat branches first, then jagged ones padded."""
-        return [c for b in [*self.flat_branches, *self.jagged_branches] for c in b.columns()]
+        """Flat-layout column names: flat branches, then each collection's branches padded."""
+        jagged = [b for group in self.collections().values() for b in group]
+        return [c for b in [*self.flat_branches, *jagged] for c in b.columns()]
 
     def collections(self) -> dict[str, list[BranchSpec]]:
         """Jagged branches grouped by collection (branches sharing a counter)."""
