@@ -28,6 +28,11 @@ demo: $(VENV)/.core
 	$(BIN)/mlaas4hep inspect $(DEMO)/signal_0.root:Events --branches 'Jet_*,Muon_pt,MET_*,nPFCands'
 	$(BIN)/mlaas4hep stream $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
 		--branches 'Jet_*,Muon_*,Electron_*,MET_*,PV_npvs' --step-size 5000 --epochs 2
+	$(BIN)/mlaas4hep scan $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
+		--branches 'Jet_*,Muon_*,Electron_*,MET_*,PV_npvs,nJet' --length q0.95 \
+		--log 'Jet_pt,MET_pt' -o $(DEMO)/features.json
+	$(BIN)/mlaas4hep convert $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
+		--specs $(DEMO)/features.json --out $(DEMO)/tensors.npz
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
@@ -39,6 +44,7 @@ test: lint
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/streaming.py
+	$(BIN)/python benchmarks/transform.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
