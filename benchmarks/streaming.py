@@ -148,7 +148,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def main() -> None:
                 f"{rate / reference:.2f}",
             )
     os.sched_setaffinity(0, everything)
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":
