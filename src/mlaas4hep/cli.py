@@ -125,6 +125,36 @@ def inspect(
         print_report(report, stdout)
 
 
+# Options shared by the commands that read a dataset.
+Inputs = Annotated[
+    list[str],
+    typer.Argument(help="Files, globs, directories, files.txt lists or root:// / https:// URLs."),
+]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option(help="labels.txt paired with the file list, or one value per input."),
+]
+Tree = Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")]
+Redirector = Annotated[str | None, typer.Option(help="Prefix for logical file names (/store/...).")]
+Preproc = Annotated[
+    Path | None,
+    typer.Option("--preproc", help="Python file defining selection / new_variables / label."),
+]
+Nevts = Annotated[int, typer.Option(help="Events to read in all (-1 = all).")]
+StepSize = Annotated[str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")]
+Branches = Annotated[
+    str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
+]
+Exclude = Annotated[str | None, typer.Option(help="Branches to leave out (patterns).")]
+Identifiers = Annotated[
+    str | None, typer.Option(help="Identifier branches (default run,event,luminosityBlock).")
+]
+
+
+def _step(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
 def _list_option(values: list[str] | None) -> str | list[str] | None:
     """A repeated option: one list-file path stays a path, several values stay a list."""
     if not values:
@@ -150,33 +180,17 @@ def _balance_option(value: str | None) -> str | dict[float, float] | None:
 
 @app.command()
 def stream(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Files, globs, directories, files.txt lists or root:// / https:// URLs."
-        ),
-    ],
-    labels: Annotated[
-        list[str] | None,
-        typer.Option(help="labels.txt paired with the file list, or one value per input."),
-    ] = None,
+    inputs: Inputs,
+    labels: Labels = None,
     weights: Annotated[
         list[str] | None, typer.Option(help="weights.txt or one weight per input.")
     ] = None,
-    tree: Annotated[
-        str | None, typer.Option(help="Tree name (default: the file's only tree).")
-    ] = None,
-    branches: Annotated[
-        str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
-    ] = None,
-    exclude: Annotated[str | None, typer.Option(help="Branches to leave out (patterns).")] = None,
-    identifiers: Annotated[
-        str | None, typer.Option(help="Identifier branches (default run,event,luminosityBlock).")
-    ] = None,
-    step_size: Annotated[
-        str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")
-    ] = "100 MB",
-    nevts: Annotated[int, typer.Option(help="Events to read in all (-1 = all).")] = -1,
+    tree: Tree = None,
+    branches: Branches = None,
+    exclude: Exclude = None,
+    identifiers: Identifiers = None,
+    step_size: StepSize = "100 MB",
+    nevts: Nevts = -1,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the data.")] = 1,
     shuffle: Annotated[bool, typer.Option(help="Shuffle pieces and events.")] = True,
     interleave: Annotated[
@@ -196,9 +210,7 @@ def stream(
         typer.Option(help="undersample, oversample, or target fractions LABEL:FRACTION,..."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    redirector: Annotated[
-        str | None, typer.Option(help="Prefix for logical file names (/store/...).")
-    ] = None,
+    redirector: Redirector = None,
     retries: Annotated[int, typer.Option(min=1, help="Attempts per remote read.")] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds per remote request.")] = 30.0,
     prefetch: Annotated[int, typer.Option(min=0, help="Chunks read ahead.")] = 2,
@@ -218,12 +230,11 @@ def stream(
     sources = resolve_sources(
         inputs, labels=_list_option(labels), weights=_list_option(weights), redirector=redirector
     )
-    step: int | str = int(step_size) if step_size.isdigit() else step_size
     with EventStream(
         sources,
         BranchSelection(include=branches, exclude=exclude, identifiers=identifiers),
         tree=tree,
-        step_size=step,
+        step_size=_step(step_size),
         nevts=nevts,
         interleave=interleave,
         shares=_fractions("--ratios", ratios) if ratios else None,
@@ -241,28 +252,6 @@ def stream(
         sys.stdout.write(json.dumps(summary_dict(events, reports), indent=2) + "\n")
     else:
         print_summary(events, reports, stdout)
-
-
-Inputs = Annotated[
-    list[str],
-    typer.Argument(help="Files, globs, directories, files.txt lists or root:// / https:// URLs."),
-]
-Labels = Annotated[
-    list[str] | None,
-    typer.Option(help="labels.txt paired with the file list, or one value per input."),
-]
-Tree = Annotated[str | None, typer.Option(help="Tree name (default: the file's only tree).")]
-Redirector = Annotated[str | None, typer.Option(help="Prefix for logical file names (/store/...).")]
-Preproc = Annotated[
-    Path | None,
-    typer.Option("--preproc", help="Python file defining selection / new_variables / label."),
-]
-Nevts = Annotated[int, typer.Option(help="Events to read in all (-1 = all).")]
-StepSize = Annotated[str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")]
-
-
-def _step(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
 
 
 def _length_overrides(values: list[str] | None) -> dict[str, str]:
@@ -297,13 +286,9 @@ def scan(
     ),
     labels: Labels = None,
     tree: Tree = None,
-    branches: Annotated[
-        str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
-    ] = None,
-    exclude: Annotated[str | None, typer.Option(help="Branches to leave out (patterns).")] = None,
-    identifiers: Annotated[
-        str | None, typer.Option(help="Identifier branches (default run,event,luminosityBlock).")
-    ] = None,
+    branches: Branches = None,
+    exclude: Exclude = None,
+    identifiers: Identifiers = None,
     redirector: Redirector = None,
     preproc: Preproc = None,
     nevts: Nevts = -1,
