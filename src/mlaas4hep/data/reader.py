@@ -421,13 +421,14 @@ class EventStream:
         """Entries ``[start, stop)`` of source ``index`` (retried as configured)."""
         source = self.sources[index]
         names = [*self.features, *self.identifiers]
-        wanted = set(names)
 
         def read() -> Any:
             tree = self._open_tree(index, retried=False)
             try:
+                # Branch names, not a filter: a filter visits every branch of the tree,
+                # ~20 ms per read on a 900-branch NanoAOD file.
                 return tree.arrays(
-                    filter_name=wanted.__contains__,
+                    names,
                     entry_start=start,
                     entry_stop=stop,
                     array_cache=None,

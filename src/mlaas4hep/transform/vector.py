@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import awkward as ak
+import numba
 import numpy as np
 
 from mlaas4hep.errors import DataError
@@ -82,6 +83,39 @@ def jagged_parts(array: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     if parts is not None:
         return parts
     return ak.num(array, axis=1).to_numpy(), ak.flatten(array, axis=1).to_numpy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad_collection(
+    out: np.ndarray, mask: np.ndarray, start: int, counts: np.ndarray, values: np.ndarray,
+    length: int, pad: float,
+) -> None:  # fmt: skip
+    """Write a collection's branches, padded to ``length``, into ``out[i, start:]``.
+
+    ``values[k]`` holds branch ``k``'s (normalised) entries of all events, in
+    event order. One pass over the events writes each row's whole collection
+    region (``C * length`` adjacent columns) and, when ``mask`` has rows, sets
+    1 where a value is real. Entries beyond ``length`` are skipped (clipped).
+    """
+    pad32 = np.float32(pad)
+    with_mask = mask.shape[0] > 0
+    position = 0
+    for i in range(counts.shape[0]):
+        count = counts[i]
+        kept = min(count, length)
+        for k in range(values.shape[0]):
+            base = start + k * length
+            for j in range(kept):
+                out[i, base + j] = values[k, position + j]
+            for j in range(kept, length):
+                out[i, base + j] = pad32
+            if with_mask:
+                for j in range(kept):
+                    mask[i, base + j] = 1
+        position += count
+
+
+_NO_MASK = np.zeros((0, 0), dtype=np.uint8)
 
 
 class EventColumns:
@@ -165,30 +199,35 @@ class VectorTransform:
         out[...] = values
         return out
 
-    def _content(
-        self, columns: EventColumns, b: BranchSpec, index: _CollectionIndex, where: str
-    ) -> np.ndarray:
-        own_counts, content = columns.jagged(b.name)
-        if not np.array_equal(own_counts, index.counts):
-            raise DataError(
-                f"branch {b.name!r} has other per-event lengths than the rest of its "
-                f"collection {b.collection!r} in {where}"
-            )
-        return content
+    def _pad(
+        self, out: np.ndarray, mask: np.ndarray, start: int, columns: EventColumns,
+        branches: list[BranchSpec], counts: np.ndarray, where: str,
+    ) -> None:  # fmt: skip
+        """Write ``branches`` (one length) padded and normalised from column ``start`` on."""
+        values = np.empty((len(branches), int(counts.sum())), dtype=np.float32)
+        for k, b in enumerate(branches):
+            own_counts, content = columns.jagged(b.name)
+            if not np.array_equal(own_counts, counts):
+                raise DataError(
+                    f"branch {b.name!r} has other per-event lengths than the rest of its "
+                    f"collection {b.collection!r} in {where}"
+                )
+            self._values(content, b, out=values[k])
+        _pad_collection(out, mask, start, counts, values, branches[0].length, self.spec.pad_value)
 
-    def _index(
+    def _counts(
         self, columns: EventColumns, name: str, branches: list[BranchSpec], where: str
-    ) -> tuple[_CollectionIndex, int]:
-        """The collection's shared index and the events it clips."""
-        index = _CollectionIndex(columns.jagged(branches[0].name)[0])
+    ) -> tuple[np.ndarray, int]:
+        """The collection's per-event counts and the events it clips."""
+        counts = columns.jagged(branches[0].name)[0]
         length = branches[0].length
-        clipped = int(np.count_nonzero(index.counts > length))
+        clipped = int(np.count_nonzero(counts > length))
         if clipped and self.spec.clip == "error":
             raise DataError(
                 f"{clipped} events of {where} have more than {length} {name} entries "
                 "(clip policy: error)"
             )
-        return index, clipped
+        return counts, clipped
 
     # -- layouts ------------------------------------------------------------
 
@@ -200,7 +239,7 @@ class VectorTransform:
             self.validate(events, where=where)
         n, width = len(events), len(self.columns)
         columns = EventColumns(events)
-        x = np.full((n, width), self.spec.pad_value, dtype=np.float32)
+        x = np.empty((n, width), dtype=np.float32)
         mask = np.zeros((n, width), dtype=np.uint8)
         if self._flat:
             # filled as contiguous rows, then written as one block: column writes are strided
@@ -209,31 +248,14 @@ class VectorTransform:
                 self._values(columns.flat(b.name), b, out=rows[j])
             x[:, : len(self._flat)] = rows.T
             mask[:, : len(self._flat)] = 1
-        flat_x = x.reshape(-1)
         clipped = {}
         for name, branches in self._groups.items():
-            index, clipped[name] = self._index(columns, name, branches, where)
-            for b in branches:
-                start, keep = self._starts[b.name], index.keep(b.length)
-                values = self._values(self._content(columns, b, index, where)[keep], b)
-                # a view starting at the branch's first column: no per-branch index arithmetic
-                flat_x[start:][index.destination(b.length, width)] = values
-            self._fill_mask(mask, index, branches)
+            counts, clipped[name] = self._counts(columns, name, branches, where)
+            # a collection's columns are adjacent; branches of one length go in one pass
+            for run in _same_length_runs(branches):
+                start = self._starts[run[0].name]
+                self._pad(x, mask, start, columns, run, counts, where)
         return FlatTensors(x=x, mask=mask, columns=self.columns, clipped=clipped)
-
-    def _fill_mask(
-        self, mask: np.ndarray, index: _CollectionIndex, branches: list[BranchSpec]
-    ) -> None:
-        lengths = {b.length for b in branches}
-        first = self._starts[branches[0].name]
-        if len(lengths) == 1:  # the collection's columns are adjacent: one broadcast write
-            (length,) = lengths
-            region = mask[:, first : first + length * len(branches)]
-            region.reshape(len(mask), len(branches), length)[...] = index.mask(length)[:, None, :]
-            return
-        for b in branches:
-            start = self._starts[b.name]
-            mask[:, start : start + b.length] = index.mask(b.length)
 
     def grouped(
         self, events: ak.Array, *, where: str = "the events", check: bool = True
@@ -254,17 +276,13 @@ class VectorTransform:
                 raise DataError(
                     f"the grouped layout needs one length per collection; {name} has {sorted(lengths)}"
                 )
-            index, clipped[name] = self._index(columns, name, branches, where)
+            counts, clipped[name] = self._counts(columns, name, branches, where)
             (length,) = lengths
-            block = np.full((n, len(branches), length), self.spec.pad_value, dtype=np.float32)
-            flat_block = block.reshape(-1)
-            destination = index.destination(length, len(branches) * length)
-            keep = index.keep(length)
-            for k, b in enumerate(branches):
-                values = self._values(self._content(columns, b, index, where)[keep], b)
-                flat_block[k * length :][destination] = values
+            block = np.empty((n, len(branches), length), dtype=np.float32)
+            rows_view = block.reshape(n, len(branches) * length)
+            self._pad(rows_view, _NO_MASK, 0, columns, branches, counts, where)
             collections[name] = block
-            masks[name] = index.mask(length)[:, None, :]
+            masks[name] = _mask(counts, length)[:, None, :]
             channels[name] = [b.name for b in branches]
         return GroupedTensors(
             collections=collections,
@@ -276,34 +294,17 @@ class VectorTransform:
         )
 
 
-class _CollectionIndex:
-    """Index work shared by the branches of one collection in one chunk (cached per length)."""
+def _same_length_runs(branches: list[BranchSpec]) -> list[list[BranchSpec]]:
+    """Consecutive branches grouped by equal length."""
+    runs: list[list[BranchSpec]] = []
+    for b in branches:
+        if runs and runs[-1][0].length == b.length:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
 
-    def __init__(self, counts: np.ndarray) -> None:
-        self.counts = counts
-        starts = np.cumsum(counts) - counts
-        self.local = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-        self.rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        self._keep: dict[int, np.ndarray] = {}
-        self._destination: dict[tuple[int, int], np.ndarray] = {}
-        self._mask: dict[int, np.ndarray] = {}
 
-    def keep(self, length: int) -> np.ndarray:
-        """Which entries fit in ``length`` (the rest is clipped)."""
-        if length not in self._keep:
-            self._keep[length] = self.local < length
-        return self._keep[length]
-
-    def destination(self, length: int, width: int) -> np.ndarray:
-        """Flat positions of the kept entries in rows of ``width``, from the branch's column."""
-        key = (length, width)
-        if key not in self._destination:
-            keep = self.keep(length)
-            self._destination[key] = self.rows[keep] * width + self.local[keep]
-        return self._destination[key]
-
-    def mask(self, length: int) -> np.ndarray:
-        """``[N, length]``: 1 where an event has an entry, 0 for padding."""
-        if length not in self._mask:
-            self._mask[length] = (np.arange(length) < self.counts[:, None]).astype(np.uint8)
-        return self._mask[length]
+def _mask(counts: np.ndarray, length: int) -> np.ndarray:
+    """``[N, length]``: 1 where an event has an entry, 0 for padding."""
+    return (np.arange(length) < counts[:, None]).astype(np.uint8)
