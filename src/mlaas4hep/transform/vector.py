@@ -118,6 +118,19 @@ def _pad_collection(
 _NO_MASK = np.zeros((0, 0), dtype=np.uint8)
 
 
+@numba.njit(cache=True, nogil=True)
+def _normalise_into(
+    out: np.ndarray, content: np.ndarray, log: bool, shift: float, scale: float
+) -> None:
+    """``out = (f(content) - shift) / scale`` in float32, in one pass (``f``: log1p or identity)."""
+    shift32, inverse = np.float32(shift), np.float32(1.0 / scale)
+    for i in range(content.shape[0]):
+        value = np.float32(content[i])
+        if log:
+            value = np.log1p(value)
+        out[i] = (value - shift32) * inverse
+
+
 class EventColumns:
     """Field access on the layout level.
 
@@ -212,7 +225,13 @@ class VectorTransform:
                     f"branch {b.name!r} has other per-event lengths than the rest of its "
                     f"collection {b.collection!r} in {where}"
                 )
-            self._values(content, b, out=values[k])
+            if not content.dtype.isnative:
+                content = content.astype(content.dtype.newbyteorder("="))
+            if self.normalize:
+                norm = b.normalization
+                _normalise_into(values[k], content, norm.log, norm.shift, norm.scale)
+            else:
+                values[k] = content
         _pad_collection(out, mask, start, counts, values, branches[0].length, self.spec.pad_value)
 
     def _counts(
