@@ -404,16 +404,27 @@ class EventStream:
         """Events one epoch reads (before balancing)."""
         return sum(len(s) for chunk in self.plan(0) for s in chunk)
 
-    def plan(self, epoch: int) -> list[list[Segment]]:
-        """The segments each chunk of ``epoch`` reads."""
+    def plan(self, epoch: int, shard: tuple[int, int] | None = None) -> list[list[Segment]]:
+        """The segments each chunk of ``epoch`` reads.
+
+        With ``shard=(index, count)`` only every ``count``-th chunk, starting at
+        ``index``: the ``count`` shards of one epoch read disjoint entries that
+        together are the whole epoch (same seed, same plan in every process).
+        """
         rng = epoch_rng(self.seed, epoch) if self.shuffle else None
-        return plan_epoch(
+        chunks = plan_epoch(
             self._units,
             self.chunk_events,
             interleave=self.interleave,
             shares=self._shares,
             rng=rng,
         )
+        if shard is None:
+            return chunks
+        index, count = shard
+        if not 0 <= index < count:
+            raise ConfigError(f"shard index must be within [0, {count}), got {index}")
+        return chunks[index::count]
 
     # -- reading -------------------------------------------------------------
 
@@ -534,9 +545,19 @@ class EventStream:
                         ready.get(timeout=0.05)
                 worker.join()
 
-    def iter_epoch(self, epoch: int, report: StreamReport | None = None) -> Iterator[Chunk]:
-        """Yield the chunks of one epoch (mixed, shuffled and balanced as configured)."""
-        rng = epoch_rng(self.seed, epoch)
+    def iter_epoch(
+        self,
+        epoch: int,
+        report: StreamReport | None = None,
+        *,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Chunk]:
+        """Yield the chunks of one epoch (mixed, shuffled and balanced as configured).
+
+        ``shard=(index, count)`` reads only that shard's chunks (see :meth:`plan`),
+        as data-parallel training processes and loader workers do.
+        """
+        rng = epoch_rng(self.seed, epoch, *(shard[:1] if shard else ()))
         buffer = (
             ShuffleBuffer(self.shuffle_buffer or self.chunk_events, self.chunk_events, rng)
             if self.shuffle
@@ -560,7 +581,7 @@ class EventStream:
             return chunk
 
         try:
-            for raw in self._raw_chunks(self.plan(epoch)):
+            for raw in self._raw_chunks(self.plan(epoch, shard)):
                 for chunk in buffer.push(raw) if buffer else [raw]:
                     yield finish(chunk)
             if buffer:

@@ -39,9 +39,9 @@ class Segment:
         return sum(stop - start for start, stop in self.ranges)
 
 
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The random generator of one epoch: same seed and epoch, same stream."""
-    return np.random.default_rng([seed, epoch])
+def epoch_rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
+    """The random generator of one epoch (and shard): same keys, same stream."""
+    return np.random.default_rng([seed, epoch, *more])
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

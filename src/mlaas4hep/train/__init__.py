@@ -1,0 +1,1 @@
+"""The training workflow: loaders for ML frameworks (more to come: models, export)."""
