@@ -418,6 +418,104 @@ def convert(
     )
 
 
+def _labels_option(value: str | None) -> tuple[str | list[str] | None, str | None]:
+    """MLaaS4HEP's --labels: a labels file, a comma list, one value, or a branch name."""
+    if value is None:
+        return None, None
+    if Path(value).is_file():
+        return value, None
+    items = [v for v in value.split(",") if v]
+    if len(items) > 1:
+        return items, None
+    try:
+        float(value)
+    except ValueError:
+        return None, value  # the name of the branch holding each event's label
+    return [value], None
+
+
+@app.command()
+def train(
+    files: Annotated[
+        str, typer.Option(help="files.txt, or a comma list of files / globs / directories / URLs.")
+    ],
+    model: Annotated[
+        Path, typer.Option(help="model.py defining model(idim), model(input_shapes) or model().")
+    ],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="labels.txt, a comma list (one per input), or the label branch name."),
+    ] = None,
+    params: Annotated[
+        Path | None, typer.Option(help="MLaaS4HEP params.json (nevts, epochs, batch_size, ...).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON training config (overrides params.json).")
+    ] = None,
+    preproc: Preproc = None,
+    specs: Annotated[
+        Path | None, typer.Option(help="A feature spec to use instead of scanning the train split.")
+    ] = None,
+    fout: Annotated[
+        Path, typer.Option(help="Output directory: model/ package, metrics.json, plots/.")
+    ] = Path("mlaas4hep-model"),
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Override the batch size.")] = None,
+    nevts: Annotated[
+        int | None, typer.Option(help="Override the events to use (-1 = all).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the last checkpoint in FOUT.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train a user model on ROOT files and export a model package (ONNX + native + spec)."""
+    from rich.table import Table
+
+    from mlaas4hep.train.config import load_config
+    from mlaas4hep.train.progress import TrainingProgress
+    from mlaas4hep.train.workflow import train as run_train
+
+    label_values, label_branch = _labels_option(labels)
+    settings, warnings = load_config(
+        params,
+        config,
+        {"epochs": epochs, "batch_size": batch_size, "nevts": nevts, "label_branch": label_branch},
+    )
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    inputs = files if Path(files).is_file() else [f for f in files.split(",") if f]
+    result = run_train(
+        inputs,
+        label_values,
+        model,
+        config=settings,
+        out=fout,
+        specs=specs,
+        preproc=preproc,
+        resume=resume,
+        progress=None if quiet else (lambda n, total: TrainingProgress(console, n, total)),
+    )
+    if result is None:  # another rank of a torchrun job: rank 0 reports
+        return
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    table = Table(title=f"{result.framework} model from {model}")
+    for column in ("split", "events", "ROC AUC", "accuracy", "loss"):
+        table.add_column(column, justify="right")
+    for split, found in result.splits.items():
+        loss = "-" if found.loss is None else f"{found.loss:.4f}"
+        table.add_row(split, f"{found.events:,}", f"{found.auc:.4f}", f"{found.accuracy:.4f}", loss)
+    stdout.print(table)
+    if result.baseline.get("feature"):
+        stdout.print(
+            f"cut-based baseline (best single cut, on {result.baseline['feature']}): "
+            f"test ROC AUC {result.baseline['auc']:.4f}",
+            highlight=False,
+        )
+    stdout.print(f"model package written to {result.package}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into messages."""
     try:

@@ -17,8 +17,6 @@ functions see an awkward record array of the events of one chunk.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from mlaas4hep.data.rootfile import describe_exception
 from mlaas4hep.errors import ConfigError, MlaasError
+from mlaas4hep.usercode import load_user_module
 
 FUNCTIONS = ("selection", "new_variables", "label")
 
@@ -140,20 +139,10 @@ def _leaf_kind(array: ak.Array) -> tuple[str, str]:
 def load_preprocessing(path: str | Path) -> Preprocessing:
     """Load a preprocessing file by path; errors name the file and the problem."""
     source = Path(path)
-    if not source.is_file():
-        raise ConfigError(f"preprocessing module not found: {source}")
-    data = source.read_bytes()
-    spec = importlib.util.spec_from_file_location(f"mlaas4hep_user_preproc_{source.stem}", source)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot load {source} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise PreprocessError(f"importing {source} failed: {describe_exception(exc)}") from exc
-    loaded = Preprocessing(
-        path=source.resolve(), sha256=hashlib.sha256(data).hexdigest(), module=module
+    module, sha256 = load_user_module(
+        source, what="preprocessing module", prefix="mlaas4hep_preproc"
     )
+    loaded = Preprocessing(path=source.resolve(), sha256=sha256, module=module)
     if not loaded.functions:
         raise ConfigError(f"{source} defines none of {', '.join(FUNCTIONS)}")
     return loaded

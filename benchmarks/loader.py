@@ -1,0 +1,376 @@
+"""PyTorch loading: events/s of batches delivered to Python, ours against two other loaders.
+
+The dataset and the two workloads of ``benchmarks/transform.py``: a generated
+NanoAOD-like dataset with ``wide=True`` (~900 branches, one file per sample),
+
+* **wide**: every numeric branch, jagged ones padded to their 0.95 length
+  quantile (~2,200 features);
+* **small**: 5 flat + 8 jagged branches (jets to 10, muons to 3), 64 features.
+
+Every loader reads only the spec's branches (for **wide** the ~400 feature
+branches the spec selects, not all ~900 of the file), delivers batches of
+``BATCH`` shuffled events as torch tensors with the spec's column order and
+lengths, and each batch's tensors are touched (summed) as it arrives:
+
+* **mlaas4hep**: :class:`mlaas4hep.train.loaders.TorchEvents` (shuffle on,
+  otherwise its defaults: a 50 MB step, interleaved files, reader threads and
+  prefetch) in ``torch.utils.data.DataLoader(batch_size=None)`` with 0 and 2
+  workers; batches hold ``x``, ``mask``, ``label`` and ``weight``;
+* **uproot loop**: a straightforward ``uproot.iterate`` (50 MB steps, files
+  one after the other), per chunk each jagged branch ``ak.pad_none(..., L,
+  clip=True)`` + ``ak.fill_none`` + ``ak.to_numpy``, columns stacked into a
+  float32 ``[N, F]`` with a mask, normalised with the spec's shift and scale,
+  rows shuffled within the chunk with numpy, cut into batches and
+  ``torch.from_numpy``: the same tensor contents as ours (checked on the
+  warm-up pass: events, mask count and the sum of the real values agree);
+* **RDataLoader**: ROOT's ``ROOT.Experimental.ML.RDataLoader`` (ROOT >= 6.40;
+  ``pip install root``, not a dependency of this project: the rows are skipped
+  when ``import ROOT`` fails), one ``RDataFrame`` per file with the label
+  ``Define``-d as the target, the same columns, ``max_vec_sizes`` from the
+  spec's lengths, shuffle on, ``as_torch()``. It pads with 0, neither
+  normalises nor returns a mask.
+
+Each timed pass is one epoch from scratch: constructing the loader (the
+``RDataFrame`` for ROOT, worker start-up for ours) and opening the files are
+inside the clock. One warm-up pass per loader is excluded (ROOT compiles its
+loader's template then, numba loads its kernels); then ``--repeat`` rounds,
+each running every loader once in turn (the order rotates per round, so the
+machine's noise spreads over all of them). Reported: the median pass.
+
+    python benchmarks/loader.py [--quick] [--events 50000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import torch
+import uproot
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from mlaas4hep.data.branches import BranchSelection
+from mlaas4hep.data.sources import Source, resolve_sources
+from mlaas4hep.datasets import generate_dataset
+from mlaas4hep.train.loaders import TorchEvents
+from mlaas4hep.transform.scan import ScanOptions, scan
+from mlaas4hep.transform.spec import BranchSpec, FeatureSpec
+
+BATCH = 512
+STEP = "50 MB"  # TorchEvents' default step; the uproot loop reads chunks of the same size
+SMALL = {
+    "flat": ["MET_pt", "MET_phi", "PV_npvs", "nJet", "nMuon"],
+    "jagged": ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepB",
+               "Muon_pt", "Muon_eta", "Muon_phi"],
+}  # fmt: skip
+WORKLOADS = ("small", "wide")
+ROOT_NAME = "RDataLoader"
+UPROOT_NAME = "uproot loop"
+
+
+@dataclass
+class Tally:
+    """What one pass delivered: events, real (masked-in) values and their sum."""
+
+    events: int = 0
+    real: int = 0
+    total: float = 0.0
+
+    def add(
+        self, events: int, x: torch.Tensor, mask: torch.Tensor | None, *rest: torch.Tensor
+    ) -> None:
+        """Count a batch, reading every element of each of its tensors."""
+        self.events += events
+        self.total += float(torch.nansum(x, dtype=torch.float64))
+        if mask is not None:
+            self.real += int(mask.sum())
+        for tensor in rest:
+            tensor.sum()
+
+
+# -- ours ---------------------------------------------------------------------
+
+
+def ours(sources: list[Source], spec: FeatureSpec, workers: int, seed: int) -> Tally:
+    dataset = TorchEvents(
+        sources, spec, batch_size=BATCH, seed=seed, stream_options={"shuffle": True}
+    )
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
+    tally = Tally()
+    for batch in loader:
+        tally.add(len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"])
+    return tally
+
+
+# -- uproot + numpy -------------------------------------------------------------
+
+
+def normalised(values: np.ndarray, b: BranchSpec) -> np.ndarray:
+    """``(f(x) - shift) / scale`` in float32, as the spec says (NaN padding stays NaN)."""
+    out = values.astype(np.float32)
+    norm = b.normalization
+    if norm.log:
+        np.log1p(out, out=out)
+    return (out - np.float32(norm.shift)) * np.float32(1.0 / norm.scale)
+
+
+def uproot_batches(
+    files: list[str], labels: list[int], spec: FeatureSpec, seed: int
+) -> Iterable[dict[str, torch.Tensor]]:
+    """The straightforward loop: read, pad, stack, normalise, shuffle, batch."""
+    rng = np.random.default_rng(seed)
+    label_of = dict(zip(files, labels, strict=True))
+    flat = spec.flat_branches
+    jagged = [b for group in spec.collections().values() for b in group]
+    width = len(flat) + sum(b.length for b in jagged)
+    targets = dict.fromkeys(files, spec.tree or "Events")
+    for arrays, report in uproot.iterate(
+        targets, spec.source_branches, step_size=STEP, report=True
+    ):
+        n = len(arrays)
+        x = np.empty((n, width), dtype=np.float32)
+        mask = np.zeros((n, width), dtype=np.uint8)
+        for j, b in enumerate(flat):
+            x[:, j] = normalised(ak.to_numpy(arrays[b.name]), b)
+        mask[:, : len(flat)] = 1
+        start = len(flat)
+        for b in jagged:
+            padded = ak.pad_none(arrays[b.name], b.length, clip=True)
+            stop = start + b.length
+            mask[:, start:stop] = ak.to_numpy(~ak.is_none(padded, axis=1))
+            x[:, start:stop] = normalised(ak.to_numpy(ak.fill_none(padded, spec.pad_value)), b)
+            start = stop
+        order = rng.permutation(n)
+        x, mask = x[order], mask[order]
+        label = np.full(n, label_of[report.file_path], dtype=np.float64)
+        weight = np.ones(n, dtype=np.float64)
+        for i in range(0, n, BATCH):
+            yield {
+                "x": torch.from_numpy(x[i : i + BATCH]),
+                "mask": torch.from_numpy(mask[i : i + BATCH]),
+                "label": torch.from_numpy(label[i : i + BATCH]),
+                "weight": torch.from_numpy(weight[i : i + BATCH]),
+            }
+
+
+def uproot_loop(files: list[str], labels: list[int], spec: FeatureSpec, seed: int) -> Tally:
+    tally = Tally()
+    for batch in uproot_batches(files, labels, spec, seed):
+        tally.add(len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"])
+    return tally
+
+
+# -- ROOT -----------------------------------------------------------------------
+
+
+def import_root(cling_args: str) -> Any | None:
+    """The ROOT module with ``Experimental.ML.RDataLoader``, or ``None`` (and why, printed).
+
+    ``cling_args`` are added to ``EXTRA_CLING_ARGS`` (read when ROOT starts its
+    interpreter): the loader is a class template over every column's type, and
+    for the wide workload's ~900 columns its fold expressions exceed clang's
+    default nesting limit of 256 (``-fbracket-depth``). The optimisation level
+    stays ROOT's default (cling's ``-O1``) unless given here.
+    """
+    os.environ["EXTRA_CLING_ARGS"] = (
+        f"{os.environ.get('EXTRA_CLING_ARGS', '')} {cling_args}".strip()
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the PyPI build's "alpha stage" warning
+            root = importlib.import_module("ROOT")
+        root.Experimental.ML.RDataLoader  # noqa: B018 (ROOT >= 6.40)
+    except (ImportError, AttributeError) as exc:  # no ROOT, or one older than 6.40
+        print(f"skipping {ROOT_NAME}: {type(exc).__name__}: {exc}".splitlines()[0])
+        return None
+    return root
+
+
+def root_loader(
+    root: Any, files: list[str], labels: list[int], spec: FeatureSpec, seed: int
+) -> Tally:
+    flat = [b.name for b in spec.flat_branches]
+    jagged = {b.name: b.length for group in spec.collections().values() for b in group}
+    frames = [
+        root.RDataFrame(spec.tree or "Events", f).Define("label", f"{float(label)}f")
+        for f, label in zip(files, labels, strict=True)
+    ]
+    loader = root.Experimental.ML.RDataLoader(
+        frames,
+        batch_size=BATCH,
+        columns=[*flat, *jagged, "label"],
+        max_vec_sizes=jagged,
+        target="label",
+        shuffle=True,
+        drop_remainder=False,
+        set_seed=seed + 1,  # 0 would draw one from the system
+    )
+    tally = Tally()
+    for x, y in loader.as_torch():
+        tally.add(len(x), x, None, y)
+    return tally
+
+
+# -- driver ---------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (DataLoader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass
+class Competitor:
+    """One loader configuration and its timed passes."""
+
+    loader: str
+    workers: str
+    run: Callable[[int], Tally]
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    warmup: Tally | None = None
+
+    @property
+    def events(self) -> int:
+        assert self.warmup is not None
+        return self.warmup.events
+
+    def rate(self, pick: Callable[[list[float]], float] = statistics.median) -> float:
+        return self.events / pick(self.seconds)
+
+
+def measure(competitors: list[Competitor], repeat: int, log: Callable[[str], None]) -> None:
+    """One warm-up pass each, then ``repeat`` rounds of every competitor (rotating order)."""
+    for c in competitors:
+        start = time.perf_counter()
+        c.warmup = c.run(0)
+        log(f"  warm-up {c.loader} ({c.workers}): {time.perf_counter() - start:.2f} s")
+    for r in range(repeat):
+        shift = r % len(competitors)
+        for c in competitors[shift:] + competitors[:shift]:
+            start, cpu = time.perf_counter(), cpu_seconds()
+            tally = c.run(r + 1)
+            c.seconds.append(time.perf_counter() - start)
+            c.cpu.append(cpu_seconds() - cpu)
+            if tally.events != c.events:
+                raise RuntimeError(f"{c.loader} delivered {tally.events} events, then {c.events}")
+
+
+def same_contents(reference: Tally, other: Tally) -> bool:
+    """Whether two passes delivered the same values (up to float32 summation order)."""
+    return (
+        reference.events == other.events
+        and reference.real == other.real
+        and bool(np.isclose(reference.total, other.total, rtol=1e-5, atol=1e-3 * other.events))
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events per sample")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--data", type=Path, default=Path("bench-data"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="ours")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--cling-args", default="-fbracket-depth=4096", help="added to EXTRA_CLING_ARGS for ROOT"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 events, 2 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.repeat = min(args.events, 5_000), 2
+    console = Console(width=120)
+
+    folder = args.data / f"wide-{args.events}"
+    if not (folder / "files.txt").exists():
+        generate_dataset(folder, n_events=args.events, seed=11, wide=True)
+    files = sorted(str(p.resolve()) for p in folder.glob("*.root"))
+    labels = [int(Path(f).name.startswith("signal")) for f in files]
+    sources = resolve_sources(files, labels=labels)
+    root = import_root(args.cling_args)
+
+    specs = {}
+    if "small" in args.workloads:
+        specs["small"], _ = scan(
+            sources,
+            BranchSelection(include=SMALL["flat"] + SMALL["jagged"], identifiers=[]),
+            options=ScanOptions(lengths={"Jet_*": 10, "Muon_*": 3}),
+        )
+    if "wide" in args.workloads:
+        specs["wide"], _ = scan(
+            sources,
+            BranchSelection(identifiers=[]),
+            options=ScanOptions(length="q0.95"),
+            nevts=20_000,
+            workers=2,
+        )
+
+    table = Table(
+        title=f"PyTorch loaders, {2 * args.events:,} events, batch {BATCH}, shuffled, "
+        f"median of {args.repeat} passes (warm-up excluded)"
+    )
+    for column in ("workload", "loader", "workers", "events"):
+        table.add_column(column, justify="left" if column in {"workload", "loader"} else "right")
+    for column in ("seconds", "CPU s", "events/s", f"vs {ROOT_NAME}", f"vs {UPROOT_NAME}"):
+        table.add_column(column, justify="right")
+    for name, spec in specs.items():
+        console.print(
+            f"{name}: {len(spec.source_branches)} branches, {len(spec.columns()):,} features"
+        )
+        competitors = [
+            Competitor("mlaas4hep", str(w), partial(ours, sources, spec, w)) for w in args.workers
+        ]
+        competitors.append(Competitor(UPROOT_NAME, "-", partial(uproot_loop, files, labels, spec)))
+        if root is not None:
+            run = partial(root_loader, root, files, labels, spec)
+            competitors.append(Competitor(ROOT_NAME, "-", run))
+        measure(competitors, args.repeat, console.print)
+
+        references = {c.loader: c.rate() for c in competitors if c.loader != "mlaas4hep"}
+        reference = next(c for c in competitors if c.loader == UPROOT_NAME).warmup
+        assert reference is not None
+        for c in competitors:
+            assert c.warmup is not None
+            if c.loader == "mlaas4hep":
+                same = same_contents(reference, c.warmup)
+                console.print(
+                    f"  {c.loader} ({c.workers}) delivered "
+                    + ("the same" if same else "[red]OTHER[/red]")
+                    + f" contents as the {UPROOT_NAME}: {c.warmup} vs {reference}"
+                )
+            console.print(
+                f"  {c.loader} ({c.workers}): "
+                + ", ".join(f"{s:.3f}" for s in c.seconds)
+                + f" s; best {c.rate(min):,.0f} events/s"
+            )
+            rate = c.rate()
+            table.add_row(
+                name,
+                c.loader,
+                c.workers,
+                f"{c.events:,}",
+                f"{statistics.median(c.seconds):.3f}",
+                f"{statistics.median(c.cpu):.2f}",
+                f"{rate:,.0f}",
+                f"{rate / references[ROOT_NAME]:.2f}" if ROOT_NAME in references else "n/a",
+                f"{rate / references[UPROOT_NAME]:.2f}",
+            )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
