@@ -21,11 +21,16 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+$(VENV)/.train: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[train]'
+	touch $@
+
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[xrootd]'
 	touch $@
 
-demo: $(VENV)/.core
+demo: $(VENV)/.train
 	$(BIN)/mlaas4hep generate $(DEMO) --events 20000 --seed 42
 	$(BIN)/mlaas4hep inspect $(DEMO)/signal_0.root:Events --branches 'Jet_*,Muon_pt,MET_*,nPFCands'
 	$(BIN)/mlaas4hep stream $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
@@ -35,6 +40,8 @@ demo: $(VENV)/.core
 		--log 'Jet_pt,MET_pt' -o $(DEMO)/features.json
 	$(BIN)/mlaas4hep convert $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
 		--specs $(DEMO)/features.json --out $(DEMO)/tensors.npz
+	$(BIN)/mlaas4hep train --files $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
+		--model examples/ex_pytorch.py --params examples/params.json --fout $(DEMO)/run
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

@@ -13,7 +13,7 @@ from mlaas4hep.data.reader import EventStream
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.datasets import generate_dataset
 from mlaas4hep.errors import ConfigError
-from mlaas4hep.train.loaders import TorchEvents, batches
+from mlaas4hep.train.loaders import EventBatches, TorchEvents, batches
 from mlaas4hep.transform.scan import ScanOptions, scan
 from mlaas4hep.transform.spec import FeatureSpec
 from mlaas4hep.transform.vector import VectorTransform
@@ -95,3 +95,53 @@ def test_bad_batch_size(data: tuple[list[Source], FeatureSpec]) -> None:
     sources, spec = data
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):
         TorchEvents(sources, spec, batch_size=0)
+
+
+def test_numpy_batches_are_the_torch_batches(data: tuple[list[Source], FeatureSpec]) -> None:
+    sources, spec = data
+    options = {"step_size": 300}
+    numpy_batches = list(
+        EventBatches(sources, spec, batch_size=100, seed=3, stream_options=options)
+    )
+    torch_batches = list(TorchEvents(sources, spec, batch_size=100, seed=3, stream_options=options))
+    assert len(numpy_batches) == len(torch_batches) == 24
+    for a, b in zip(numpy_batches, torch_batches, strict=True):
+        assert isinstance(a["x"], np.ndarray)
+        np.testing.assert_array_equal(a["x"], b["x"].numpy())
+
+
+def test_padding_value_fills_only_padded_entries(data: tuple[list[Source], FeatureSpec]) -> None:
+    sources, spec = data
+    raw = next(iter(EventBatches(sources, spec, batch_size=200)))
+    filled = next(iter(EventBatches(sources, spec, batch_size=200, padding_value=-5.0)))
+    real = raw["mask"] > 0
+    assert (~real).any()
+    np.testing.assert_array_equal(filled["x"][real], raw["x"][real])
+    assert (filled["x"][~real] == -5.0).all()
+
+
+def test_keras_dataset_serves_epochs_in_order(data: tuple[list[Source], FeatureSpec]) -> None:
+    from mlaas4hep.train.loaders import KerasEvents
+
+    sources, spec = data
+    events = EventBatches(sources, spec, batch_size=500, seed=3, stream_options={"step_size": 300})
+    dataset = KerasEvents(events, classes=2)
+    assert dataset.num_batches == len(dataset) == 5  # 2400 events
+    first_epoch = [dataset[i] for i in range(len(dataset))]
+    x, y, weight = first_epoch[0]
+    assert x.shape == (500, len(spec.columns()))
+    assert weight.shape == (500,)
+    assert y.shape == (500, 2)
+    assert np.array_equal(y.sum(axis=1), np.ones(500))
+    expected = list(
+        EventBatches(sources, spec, batch_size=500, seed=3, stream_options={"step_size": 300})
+    )
+    for (x, y, _), batch in zip(first_epoch, expected, strict=True):
+        np.testing.assert_array_equal(x, batch["x"])
+        np.testing.assert_array_equal(y.argmax(axis=1), batch["label"])
+    dataset.on_epoch_end()
+    assert events.epoch == 1
+    second = dataset[0][0]
+    assert not np.array_equal(second, first_epoch[0][0])  # reshuffled
+    with pytest.raises(ConfigError, match="read in order"):
+        dataset[3]

@@ -335,3 +335,23 @@ def test_bad_inputs_are_reported(dataset: Path, tmp_path: Path) -> None:
             config=replace(FAST, nevts=2000),
             out=tmp_path / "w",
         )
+
+
+def test_sklearn_learns_chunk_by_chunk_and_exports(dataset: Path, tmp_path: Path) -> None:
+    model = write_model(
+        tmp_path,
+        "from sklearn.linear_model import SGDClassifier\n"
+        "def model():\n    return SGDClassifier(loss='log_loss', random_state=0)\n",
+    )
+    result = train(
+        str(dataset / "files.txt"), str(dataset / "labels.txt"), model,
+        config=replace(FAST, epochs=2), out=tmp_path / "run",
+    )  # fmt: skip
+    assert result is not None
+    assert result.framework == "sklearn"
+    assert result.splits["test"].auc > 0.8
+    package = load_package(result.package)
+    assert package.native_path.name == "model.joblib"
+    assert result.splits["test"].auc == pytest.approx(
+        independent_test_auc(dataset, result.package), abs=1e-5
+    )

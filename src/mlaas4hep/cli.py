@@ -467,7 +467,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue from the last checkpoint in FOUT.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars (as verbose: 0).")] = False,
 ) -> None:
     """Train a user model on ROOT files and export a model package (ONNX + native + spec)."""
     from rich.table import Table
@@ -494,7 +494,9 @@ def train(
         specs=specs,
         preproc=preproc,
         resume=resume,
-        progress=None if quiet else (lambda n, total: TrainingProgress(console, n, total)),
+        progress=None
+        if quiet or settings.verbose == 0
+        else (lambda n, total: TrainingProgress(console, n, total)),
     )
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return

@@ -45,6 +45,7 @@ def plot_roc(
     path: str | os.PathLike[str],
     curves: Mapping[str, Curve],
     baseline: Curve | None = None,
+    baseline_name: str = "baseline",
 ) -> None:
     """ROC curves (signal efficiency against background efficiency) with their AUC.
 
@@ -56,7 +57,7 @@ def plot_roc(
         ax.plot([0, 1], [0, 1], ":", color="grey", label="random (AUC = 0.5)")
         if baseline is not None:
             fpr, tpr, auc = baseline
-            ax.plot(fpr, tpr, "--", color="black", label=_auc_label("baseline", auc))
+            ax.plot(fpr, tpr, "--", color="black", label=_auc_label(baseline_name, auc))
         for name, (fpr, tpr, auc) in curves.items():
             ax.plot(fpr, tpr, label=_auc_label(name, auc))
         ax.set_xlim(0, 1)
@@ -127,6 +128,7 @@ def write_plots(
     weights: npt.ArrayLike | None = None,
     history: TrainingHistory | None = None,
     baseline: Curve | None = None,
+    baseline_name: str = "baseline",
     name: str = "model",
     class_names: Sequence[str] = ("background", "signal"),
 ) -> list[Path]:
@@ -142,7 +144,7 @@ def write_plots(
     scores = class_scores(probabilities)
     fpr, tpr, _ = roc_curve(labels, scores, weights, where="the test split")
     written = [out / "roc.png", out / "scores.png"]
-    plot_roc(written[0], {name: (fpr, tpr, curve_area(fpr, tpr))}, baseline)
+    plot_roc(written[0], {name: (fpr, tpr, curve_area(fpr, tpr))}, baseline, baseline_name)
     plot_scores(written[1], labels, scores, weights, class_names)
     if history is not None:
         written.append(out / "losses.png")

@@ -385,7 +385,7 @@ def _finish(
         plots = write_plots(
             out / "plots", labels=final.labels, probabilities=final.probabilities,
             weights=final.weights, history=history if history.train_loss else None,
-            baseline=curve, name=user.path.stem,
+            baseline=curve, baseline_name=f"cut on {baseline['feature']}", name=user.path.stem,
         )  # fmt: skip
     package = _export(user, model, spec, final.first, config, out, summary, plots)
     return TrainResult(
