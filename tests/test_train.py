@@ -352,6 +352,8 @@ def test_sklearn_learns_chunk_by_chunk_and_exports(dataset: Path, tmp_path: Path
     assert result.splits["test"].auc > 0.8
     package = load_package(result.package)
     assert package.native_path.name == "model.joblib"
+    # scikit-learn scores in float64, ONNX Runtime in float32: saturated probabilities
+    # tie in float32, which moves the AUC in the fourth decimal
     assert result.splits["test"].auc == pytest.approx(
-        independent_test_auc(dataset, result.package), abs=1e-5
+        independent_test_auc(dataset, result.package), abs=1e-3
     )
