@@ -28,37 +28,37 @@ class TrainConfig:
     """Everything a training run can be told (all with working defaults)."""
 
     # data
-    tree: str | None = None
-    nevts: int = -1
-    step_size: int | str = "50 MB"
+    tree: str | None = None  # params.json "branch"
+    nevts: int = -1  # events to use in all, -1 = all
+    step_size: int | str = "50 MB"  # events per chunk or a size ("chunk_size")
     branches: str | None = None
     exclude: str | None = None
     identifiers: str | None = None
     redirector: str | None = None
-    label_branch: str | None = None
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    label_branch: str | None = None  # take labels from this branch
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test
     # transform (used when no --specs is given)
     layout: str = "flat"
-    length: str | int = "max"
-    lengths: dict[str, str] = field(default_factory=dict)
+    length: str | int = "max"  # jagged length: max, qQ or a number
+    lengths: dict[str, str] = field(default_factory=dict)  # per-branch pattern -> policy
     normalization: str = "standard"
-    log: list[str] = field(default_factory=list)
-    pad_value: float = 0.0
+    log: list[str] = field(default_factory=list)  # branches to log1p first
+    pad_value: float = 0.0  # models without a mask input see this in padded slots
     scan_workers: int = 1
     # training
     epochs: int = 10
     batch_size: int = 256
     shuffle: bool = True
-    balance: str | None = None
+    balance: str | None = None  # undersample or oversample the classes
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    loss: str = "auto"
-    patience: int | None = 5
+    loss: str = "auto"  # torch: auto, bce, bce_logits, cross_entropy, nll
+    patience: int | None = 5  # epochs without improvement before stopping; None: never
     min_delta: float = 0.0
-    loader_workers: int = 0
+    loader_workers: int = 0  # torch DataLoader worker processes
     seed: int = 0
-    max_train_events: int = -1
+    max_train_events: int = -1  # in-memory estimators: cap on the events held
     # output
     plots: bool = True
     verbose: int = 1
@@ -73,6 +73,10 @@ class TrainConfig:
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(
+                f"patience must be at least 1 (or null: never stop early), got {self.patience}"
             )
         if self.balance not in {None, "undersample", "oversample"}:
             raise ConfigError(f"balance must be undersample or oversample, got {self.balance!r}")

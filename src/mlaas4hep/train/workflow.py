@@ -15,6 +15,7 @@ broadcast), evaluates and exports.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -235,6 +236,7 @@ def _train(
         if rank == 0
         else None
     )
+    _seed_everything(config.seed)  # the model's initial weights are drawn in model()
     user = build_user_model(model_path, spec)
     if world > 1 and user.framework != "torch":
         raise ConfigError(f"torchrun trains torch models; this model is {user.framework}")
@@ -269,6 +271,19 @@ def _train(
     if rank != 0:
         return None
     return _finish(user, fitted, history, spec, splits, events, config, out, warnings)
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed the generators a model file may draw from: Python, numpy, torch, Keras."""
+    import random
+    import sys
+
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - user code may draw from the global generator
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.manual_seed(seed)
 
 
 class _nothing:
