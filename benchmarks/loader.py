@@ -43,6 +43,12 @@ other processes only ever adds time), its CPU time (this process and its
 DataLoader workers) and, for scale, the median pass; rates and ratios are of
 the best passes.
 
+Torch runs one intra-op thread (``--torch-threads``; DataLoader workers have
+one anyway): ``RDataLoader.as_torch()`` splits the target off each batch with
+a torch indexing op, which torch parallelises; with another multi-threaded
+process on this 2-core machine its OpenMP threads wait for each other and
+those passes take 3-6 times longer (user CPU time included).
+
     python benchmarks/loader.py [--quick] [--events 50000] [--wide-events 10000] [--repeat 5]
 """
 
@@ -120,14 +126,26 @@ class Tally:
 # -- ours ---------------------------------------------------------------------
 
 
-def ours(sources: list[Source], spec: FeatureSpec, workers: int, seed: int) -> Tally:
+def ours(sources: list[Source], spec: FeatureSpec, workers: int, epochs: int, seed: int) -> Tally:
+    """``epochs`` of ``TorchEvents`` through one ``DataLoader`` with ``workers`` workers.
+
+    As a training loop uses it: built once, ``set_epoch`` before each epoch,
+    workers kept across epochs (with their open files).
+    """
     dataset = TorchEvents(
         sources, spec, batch_size=BATCH, seed=seed, stream_options={"shuffle": True}
     )
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+    )
     tally = Tally(check=seed == 0)
-    for batch in loader:
-        tally.add(len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"])
+    with dataset:
+        for epoch in range(epochs):
+            dataset.set_epoch(epoch)
+            for batch in loader:
+                tally.add(
+                    len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"]
+                )
     return tally
 
 
@@ -182,10 +200,16 @@ def uproot_batches(
             }
 
 
-def uproot_loop(files: list[str], labels: list[int], spec: FeatureSpec, seed: int) -> Tally:
+def uproot_loop(
+    files: list[str], labels: list[int], spec: FeatureSpec, epochs: int, seed: int
+) -> Tally:
+    """``epochs`` of :func:`uproot_batches`."""
     tally = Tally(check=seed == 0)
-    for batch in uproot_batches(files, labels, spec, seed):
-        tally.add(len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"])
+    for epoch in range(epochs):
+        for batch in uproot_batches(files, labels, spec, seed * 1000 + epoch):
+            tally.add(
+                len(batch["weight"]), batch["x"], batch["mask"], batch["label"], batch["weight"]
+            )
     return tally
 
 
@@ -216,8 +240,9 @@ def import_root(cling_args: str) -> Any | None:
 
 
 def root_loader(
-    root: Any, files: list[str], labels: list[int], spec: FeatureSpec, seed: int
+    root: Any, files: list[str], labels: list[int], spec: FeatureSpec, epochs: int, seed: int
 ) -> Tally:
+    """``epochs`` of ROOT's ``RDataLoader``, from building the ``RDataFrame`` s on."""
     flat = [b.name for b in spec.flat_branches]
     jagged = {b.name: b.length for group in spec.collections().values() for b in group}
     frames = [
@@ -235,8 +260,9 @@ def root_loader(
         set_seed=seed + 1,  # 0 would draw one from the system
     )
     tally = Tally(check=seed == 0)
-    for x, y in loader.as_torch():
-        tally.add(len(x), x, None, y)
+    for _ in range(epochs):
+        for x, y in loader.as_torch():
+            tally.add(len(x), x, None, y)
     return tally
 
 
@@ -331,12 +357,19 @@ def main() -> None:
     parser.add_argument(
         "--cling-args", default="-fbracket-depth=4096", help="added to EXTRA_CLING_ARGS for ROOT"
     )
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="torch intra-op threads of this process"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="epochs per timed pass (loaders built once)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 events, 2 rounds")
     args = parser.parse_args()
     if args.quick:
         args.events = args.wide_events = 5_000
         args.repeat = 2
     console = Console(width=120)
+    torch.set_num_threads(args.torch_threads)
     root = import_root(args.cling_args)
 
     workloads: dict[str, tuple[Dataset, FeatureSpec]] = {}
@@ -360,8 +393,8 @@ def main() -> None:
         workloads["wide"] = data, wide
 
     table = Table(
-        title=f"PyTorch loaders: batches of {BATCH} shuffled events, "
-        f"best of {args.repeat} passes (warm-up excluded)"
+        title=f"PyTorch loaders: batches of {BATCH} shuffled events, {args.epochs} epoch(s) "
+        f"per pass, best of {args.repeat} passes (warm-up excluded)"
     )
     for column in ("workload", "loader", "workers", "events"):
         table.add_column(column, justify="left" if column in {"workload", "loader"} else "right")
@@ -379,14 +412,16 @@ def main() -> None:
             f"{name}: {len(spec.source_branches)} branches, {len(spec.columns()):,} features"
         )
         competitors = [
-            Competitor("mlaas4hep", str(w), partial(ours, data.sources, spec, w))
+            Competitor("mlaas4hep", str(w), partial(ours, data.sources, spec, w, args.epochs))
             for w in args.workers
         ]
         competitors.append(
-            Competitor(UPROOT_NAME, "-", partial(uproot_loop, data.files, data.labels, spec))
+            Competitor(
+                UPROOT_NAME, "-", partial(uproot_loop, data.files, data.labels, spec, args.epochs)
+            )
         )
         if root is not None:
-            run = partial(root_loader, root, data.files, data.labels, spec)
+            run = partial(root_loader, root, data.files, data.labels, spec, args.epochs)
             competitors.append(Competitor(ROOT_NAME, "-", run))
         measure(competitors, args.repeat, console.print)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 import uproot
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from mlaas4hep.data.branches import BranchSelection
@@ -42,6 +46,26 @@ def test_batches_regroup_chunks() -> None:
     out = list(batches(iter(parts), 4))
     assert [len(b["a"]) for b in out] == [4, 4, 4, 1]
     assert np.array_equal(np.concatenate([b["a"] for b in out]), np.arange(13))
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=30), max_size=8),
+    size=st.integers(min_value=1, max_value=12),
+)
+def test_batches_keep_order_and_size(sizes: list[int], size: int) -> None:
+    edges = np.cumsum([0, *sizes])
+    parts = [{"a": np.arange(a, b), "b": -np.arange(a, b)} for a, b in itertools.pairwise(edges)]
+    out = list(batches(iter(parts), size))
+    assert all(len(b["a"]) == size for b in out[:-1])
+    assert np.array_equal(np.concatenate([b["a"] for b in out] or [[]]), np.arange(edges[-1]))
+    assert all(np.array_equal(b["b"], -b["a"]) for b in out)
+
+
+def test_batches_inside_a_part_are_views() -> None:
+    part = {"a": np.arange(100)}
+    first, second, *_ = batches(iter([part]), 10)
+    assert np.shares_memory(first["a"], part["a"])
+    assert np.shares_memory(second["a"], part["a"])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -145,3 +169,37 @@ def test_keras_dataset_serves_epochs_in_order(data: tuple[list[Source], FeatureS
     assert not np.array_equal(second, first_epoch[0][0])  # reshuffled
     with pytest.raises(ConfigError, match="read in order"):
         dataset[3]
+
+
+def test_files_stay_open_across_epochs_and_nested_reads_work(
+    data: tuple[list[Source], FeatureSpec],
+) -> None:
+    sources, spec = data
+    with EventBatches(sources, spec, batch_size=400, stream_options={"step_size": 300}) as events:
+        first = [b["event"] for b in events]
+        kept = events._kept
+        events.set_epoch(1)
+        outer = iter(events)
+        head = next(outer)
+        inner = [b["event"] for b in events]  # a read inside a read gets its own stream
+        rest = [head["event"], *(b["event"] for b in outer)]
+        assert events._kept is kept  # the same open files for every epoch
+        assert sorted(np.concatenate(first)) == sorted(np.concatenate(rest))
+        assert np.array_equal(np.concatenate(inner), np.concatenate(rest))
+    assert events._kept is None
+
+
+def test_persistent_workers_read_each_epoch_once(data: tuple[list[Source], FeatureSpec]) -> None:
+    sources, spec = data
+    dataset = TorchEvents(sources, spec, batch_size=100, seed=3, stream_options={"step_size": 300})
+    dataset.set_epoch(4)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    passes = [keys_of(list(loader)) for _ in range(2)]
+    for keys in passes:
+        assert len(keys) == len(np.unique(keys)) == 2 * 1200
+    # the workers' passes are epochs 4 and 5, the same as without persistent workers
+    for epoch, keys in zip([4, 5], passes, strict=True):
+        dataset.set_epoch(epoch)
+        fresh = keys_of(list(DataLoader(dataset, batch_size=None, num_workers=2)))
+        assert set(fresh[:100]) == set(keys[:100])  # the same first batch: the same epoch
+    assert not np.array_equal(passes[0], passes[1])

@@ -176,6 +176,11 @@ class EventStream:
         Shuffle the piece order and the events (default on).
     shuffle_buffer
         Events in the shuffle buffer (default: one chunk).
+    shuffle_events
+        With ``shuffle``, also permute the events (default). ``False`` shuffles
+        only the order of the pieces read, for callers that permute the rows of
+        their dense tensors instead, which is cheaper than reordering jagged
+        arrays.
     balance
         ``"undersample"``, ``"oversample"`` or ``{label: fraction}``.
     seed
@@ -213,6 +218,7 @@ class EventStream:
         shares: Sequence[float] | Mapping[float, float] | None = None,
         shuffle: bool = True,
         shuffle_buffer: int | None = None,
+        shuffle_events: bool = True,
         balance: Balance = None,
         seed: int = 0,
         prefetch: int = 2,
@@ -233,6 +239,7 @@ class EventStream:
         self.interleave = interleave
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
+        self.shuffle_events = shuffle and shuffle_events
         self.balance = balance
         self.seed = seed
         self.prefetch = max(0, prefetch)
@@ -346,14 +353,24 @@ class EventStream:
     # -- planning ------------------------------------------------------------
 
     def _estimate_chunk_events(self, first: OpenSource) -> int:
-        """Events per chunk for a step given in bytes, from the in-memory size of a sample."""
+        """Events per chunk for a step given in bytes, from the size of the data in memory.
+
+        A TTree's branches record their uncompressed size, which is close to
+        the in-memory size; elsewhere (RNTuple) a sample of events is read.
+        """
         assert self._bytes_step is not None
-        sample = min(first.entries, SIZE_SAMPLE_EVENTS)
-        if sample == 0:
+        if first.entries == 0:
             return 1
-        arrays = self._read_entries(first.index, first.start, first.start + sample)
-        per_event = max(1.0, arrays.nbytes / sample)
-        return max(1, int(self._bytes_step / per_event))
+        tree = self._open_tree(first.index)
+        total = tree.num_entries
+        try:
+            recorded = sum(tree[n].uncompressed_bytes for n in [*self.features, *self.identifiers])
+            per_event = recorded / max(total, 1)
+        except (AttributeError, KeyError, TypeError):
+            sample = min(first.entries, SIZE_SAMPLE_EVENTS)
+            arrays = self._read_entries(first.index, first.start, first.start + sample)
+            per_event = arrays.nbytes / sample
+        return max(1, int(self._bytes_step / max(1.0, per_event)))
 
     def _source_shares(
         self, shares: Sequence[float] | Mapping[float, float] | None
@@ -560,7 +577,7 @@ class EventStream:
         rng = epoch_rng(self.seed, epoch, *(shard[:1] if shard else ()))
         buffer = (
             ShuffleBuffer(self.shuffle_buffer or self.chunk_events, self.chunk_events, rng)
-            if self.shuffle
+            if self.shuffle_events
             else None
         )
         report = report if report is not None else StreamReport()
@@ -569,7 +586,7 @@ class EventStream:
         def finish(chunk: Chunk) -> Chunk:
             if self.balance is not None:
                 chunk = chunk.take(balance_index(chunk.label, self.balance, rng))
-                if self.shuffle:
+                if self.shuffle_events:
                     chunk = chunk.take(rng.permutation(len(chunk)))
             report.events += len(chunk)
             report.chunks += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class KerasEvents(PyDataset):  # type: ignore[misc]
         # An upper bound: a selection may drop events. Batches it leaves out are
         # served as one row of weight 0, which changes neither loss nor gradients.
         self._count = max(1, math.ceil(events.events() / events.batch_size))
-        self._iterator: Iterator[NumpyBatch] | None = None
+        self._iterator: Generator[NumpyBatch] | None = None
         self._next = 0
 
     @property
@@ -59,7 +59,8 @@ class KerasEvents(PyDataset):  # type: ignore[misc]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if index == 0 or self._iterator is None:
-            self._iterator, self._next = iter(self.events), 0
+            self._stop()
+            self._iterator, self._next = self.events.iter_shard(), 0
         if index != self._next:
             raise ConfigError(
                 f"the event loader is read in order: batch {index} was asked for, "
@@ -72,7 +73,12 @@ class KerasEvents(PyDataset):  # type: ignore[misc]
             return np.zeros((1, self.width), np.float32), self._targets(empty), empty
         return batch["x"], self._targets(batch["label"]), batch["weight"].astype(np.float32)
 
+    def _stop(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()  # hands the kept stream back for the next pass
+        self._iterator = None
+
     def on_epoch_end(self) -> None:
         """Move the stream to the next epoch (a new shuffle)."""
+        self._stop()
         self.events.set_epoch(self.events.epoch + 1)
-        self._iterator = None

@@ -19,9 +19,11 @@ Mask convention (everywhere in mlaas4hep): 1 = real value, 0 = padding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.reader import EventStream
+from mlaas4hep.data.shuffle import epoch_rng
 from mlaas4hep.data.sources import Source
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.transform.pipeline import preprocessing_for, stream_branches, transform_chunk
@@ -41,20 +44,35 @@ Shard = tuple[int, int]
 
 
 def batches(arrays: Iterator[NumpyBatch], size: int) -> Iterator[NumpyBatch]:
-    """Regroup dicts of equally long arrays into batches of ``size`` (the last may be short)."""
-    pending: list[NumpyBatch] = []
-    count = 0
+    """Regroup dicts of equally long arrays into batches of ``size`` (the last may be short).
+
+    Batches inside one part are views of it; only a batch that spans parts is copied.
+    """
+    carry: list[NumpyBatch] = []  # pieces of the next batch, fewer than ``size`` rows
+    carried = 0
     for part in arrays:
-        pending.append(part)
-        count += len(next(iter(part.values())))
-        while count >= size:
-            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-            yield {k: v[:size] for k, v in merged.items()}
-            rest = {k: v[size:] for k, v in merged.items()}
-            count -= size
-            pending = [rest] if count else []
-    if count:
-        yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        rows = len(next(iter(part.values())))
+        start = 0
+        if carried:
+            start = min(size - carried, rows)
+            carry.append({k: v[:start] for k, v in part.items()})
+            carried += start
+            if carried < size:
+                continue
+            yield {k: np.concatenate([c[k] for c in carry]) for k in carry[0]}
+            carry, carried = [], 0
+        while rows - start >= size:
+            yield {k: v[start : start + size] for k, v in part.items()}
+            start += size
+        if start < rows:
+            carry, carried = [{k: v[start:] for k, v in part.items()}], rows - start
+    if carried:
+        yield {k: np.concatenate([c[k] for c in carry]) for k in carry[0]}
+
+
+def _permuted(part: NumpyBatch, rng: np.random.Generator) -> NumpyBatch:
+    order = rng.permutation(len(next(iter(part.values()))))
+    return {k: v[order] for k, v in part.items()}
 
 
 def fill_padding(batch: NumpyBatch, value: float) -> NumpyBatch:
@@ -96,36 +114,87 @@ class EventBatches:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if not self.sources:
             raise ConfigError("a loader needs at least one source")
+        self._kept: tuple[int, EventStream] | None = None  # (process id, open stream)
+        self._busy = False
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the next iteration reads (a new shuffle per epoch)."""
         self.epoch = epoch
 
+    @property
+    def _dense_shuffle(self) -> bool:
+        # Rows of the dense tensors are permuted here, which costs less than
+        # reordering jagged events in the stream; an explicit shuffle buffer
+        # (mixing across chunks) keeps the stream's event shuffle instead.
+        options = self.stream_options
+        return bool(options.get("shuffle", True)) and "shuffle_buffer" not in options
+
     def stream(self) -> EventStream:
-        """A stream of this split's sources, reading what the spec needs."""
+        """A new stream of this split's sources, reading what the spec needs."""
         selection = BranchSelection(
             include=stream_branches(self.sources[0], self.spec, self.label_branch),
             identifiers=self.spec.identifiers,
         )
         options = {"step_size": "50 MB", **self.stream_options}
+        if self._dense_shuffle:
+            options["shuffle_events"] = False
         return EventStream(self.sources, selection, tree=self.spec.tree, seed=self.seed, **options)
+
+    @contextmanager
+    def _open_stream(self) -> Iterator[EventStream]:
+        """This process's stream, kept open across epochs (files are opened once).
+
+        A DataLoader worker (another process) opens its own; an iteration
+        nested in another gets a stream of its own, closed after it.
+        """
+        if self._busy:
+            with self.stream() as stream:
+                yield stream
+            return
+        if self._kept is None or self._kept[0] != os.getpid():
+            self._kept = (os.getpid(), self.stream())
+        self._busy = True
+        try:
+            yield self._kept[1]
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        """Close the stream kept open by this process."""
+        if self._kept is not None and self._kept[0] == os.getpid():
+            self._kept[1].close()
+        self._kept = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started with "spawn" get the loader without its stream
+        return {**self.__dict__, "_kept": None, "_busy": False}
 
     def events(self) -> int:
         """Events one epoch reads (before a preprocessing selection or class balancing)."""
-        with self.stream() as stream:
+        with self._open_stream() as stream:
             return stream.total_events
 
-    def iter_shard(self, shard: Shard = (0, 1)) -> Iterator[NumpyBatch]:
-        """The batches of shard ``(index, count)`` of the current epoch."""
+    def iter_shard(self, shard: Shard = (0, 1), epoch: int | None = None) -> Generator[NumpyBatch]:
+        """The batches of shard ``(index, count)`` of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
         preprocessing = preprocessing_for(self.spec, self.preprocessing)
         vector = VectorTransform(self.spec)
-        with self.stream() as stream:
+        rng = epoch_rng(self.seed, epoch, shard[0], 1) if self._dense_shuffle else None
+        with self._open_stream() as stream:
             arrays = (
                 transform_chunk(
                     stream, chunk, self.spec, vector, preprocessing, label_branch=self.label_branch
                 )[0]
-                for chunk in stream.iter_epoch(self.epoch, shard=shard)
+                for chunk in stream.iter_epoch(epoch, shard=shard)
             )
+            if rng is not None:
+                arrays = (_permuted(part, rng) for part in arrays)
             for batch in batches(arrays, self.batch_size):
                 yield (
                     batch if self.padding_value is None else fill_padding(batch, self.padding_value)
@@ -151,12 +220,28 @@ class TorchEvents(EventBatches, IterableDataset[dict[str, torch.Tensor]]):
     """A PyTorch ``IterableDataset`` of tensor batches, sharded by rank and worker.
 
     Use it with ``DataLoader(dataset, batch_size=None, num_workers=...)``: the
-    dataset batches itself.
+    dataset batches itself. With ``persistent_workers=True`` the workers keep
+    their files open across epochs; each pass then reads the next epoch,
+    counting from the epoch set before the first pass.
     """
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
-        for batch in self.iter_shard(shard_of_this_process()):
+        for batch in self.iter_shard(shard_of_this_process(), self._epoch_of_this_pass()):
             yield {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in batch.items()}
+
+    def _epoch_of_this_pass(self) -> int:
+        """The epoch to read: :attr:`epoch`, or in a DataLoader worker its own count.
+
+        A worker holds a copy of the dataset made when it started. Started anew
+        each epoch, its copy has the epoch set last; kept across epochs
+        (``persistent_workers=True``, which also keeps its files open) it moves
+        on by one epoch per pass, starting from the epoch set before the first.
+        """
+        if get_worker_info() is None:
+            return self.epoch
+        passes = getattr(self, "_worker_passes", 0)
+        self._worker_passes = passes + 1
+        return self.epoch + passes
 
 
 def __getattr__(name: str) -> Any:

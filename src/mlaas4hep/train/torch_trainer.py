@@ -243,7 +243,8 @@ Progress = Callable[[str, int, dict[str, float]], None]
 
 
 def _loader(dataset: TorchEvents, workers: int) -> DataLoader[TensorBatch]:
-    return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
+    # Persistent workers keep their files open from one epoch to the next.
+    return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
 
 def fit_torch(
@@ -276,27 +277,28 @@ def fit_torch(
         )  # fmt: skip
     trained: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     waited = 0
+    train.set_epoch(start)  # persistent loader workers count their epochs from here
+    train_loader = _loader(train, config.loader_workers)
+    validation_loader = (
+        _loader(validation, config.loader_workers) if validation is not None else None
+    )
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
         train.set_epoch(epoch)
         model.train()
         if progress:
             progress(f"start:{epoch}", 0, {})
-        totals = _train_epoch(
-            trained, call, objective, optimizer, _loader(train, config.loader_workers), progress
-        )
+        totals = _train_epoch(trained, call, objective, optimizer, train_loader, progress)
         loss_sum, weight_sum, events = _all_reduce(totals)
         seconds = time.perf_counter() - began
         history.train_loss.append(loss_sum / max(weight_sum, 1e-12))
         history.epoch_seconds.append(seconds)
         history.events_per_second.append(events / max(seconds, 1e-9))
-        if validation is not None:
-            val_loss, val_auc = evaluate_loss(
-                model, call, objective, validation, config.loader_workers
-            )
+        if validation_loader is not None:
+            val_loss, val_auc = evaluate_loss(model, call, objective, validation_loader)
             history.val_loss.append(val_loss)
             history.val_auc.append(val_auc)
-        monitored = history.val_loss[-1] if validation is not None else history.train_loss[-1]
+        monitored = history.val_loss[-1] if history.val_loss else history.train_loss[-1]
         if monitored < best_loss - config.min_delta:
             best_loss, best_state, waited = monitored, copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
@@ -352,14 +354,14 @@ def _train_epoch(
 
 
 def evaluate_loss(
-    model: nn.Module, call: ModelCall, objective: Objective, dataset: TorchEvents, workers: int
+    model: nn.Module, call: ModelCall, objective: Objective, loader: DataLoader[TensorBatch]
 ) -> tuple[float, float]:
-    """Weighted mean loss and ROC AUC over all ranks' shards of ``dataset``."""
+    """Weighted mean loss and ROC AUC over all ranks' shards of the ``loader``'s dataset."""
     model.eval()
     loss_sum = weight_sum = 0.0
     labels, scores, weights = [], [], []
     with torch.no_grad():
-        for batch in _loader(dataset, workers):
+        for batch in loader:
             output = call(model, call.inputs(batch))
             weight = float(batch["weight"].sum())
             loss_sum += float(objective.loss(output, batch["label"], batch["weight"])) * weight

@@ -264,10 +264,15 @@ def _train(
         if progress and rank == 0
         else None
     )
-    with reporter if reporter is not None else _nothing():
-        fitted, history = _fit(
-            user, train_events, validation, config, checkpoints, resume, reporter
-        )
+    try:
+        with reporter if reporter is not None else _nothing():
+            fitted, history = _fit(
+                user, train_events, validation, config, checkpoints, resume, reporter
+            )
+    finally:
+        train_events.close()
+        if validation is not None:
+            validation.close()
     if rank != 0:
         return None
     return _finish(user, fitted, history, spec, splits, events, config, out, warnings)
@@ -372,7 +377,8 @@ def _finish(
             )
         batches = events(split, EventBatches, **options)
         if batches is not None:
-            predicted[split] = _gather(_predictions(user.framework, model, batches), flat_width)
+            with batches:
+                predicted[split] = _gather(_predictions(user.framework, model, batches), flat_width)
     metrics = {
         split: evaluate(p.labels, p.probabilities, p.weights, where=f"the {split} split")
         for split, p in predicted.items()
