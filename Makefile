@@ -26,8 +26,10 @@ $(VENV)/.train: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[train]'
 	touch $@
 
+# The benchmarks also compare with ROOT's own loader (the PyPI "root" wheel).
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[xrootd]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[xrootd,train,keras,sklearn]' xgboost-cpu onnxmltools root
 	touch $@
 
 demo: $(VENV)/.train
@@ -54,6 +56,9 @@ test: lint
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/streaming.py
 	$(BIN)/python benchmarks/transform.py
+	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/loader.py --epochs 5 --workloads small
+	$(BIN)/python benchmarks/train_models.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
