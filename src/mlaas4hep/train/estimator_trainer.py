@@ -18,7 +18,7 @@ from mlaas4hep.errors import ConfigError, DataError
 from mlaas4hep.train.config import TrainConfig
 from mlaas4hep.train.loaders import EventBatches, NumpyBatch
 from mlaas4hep.train.metrics import TrainingHistory
-from mlaas4hep.train.torch_trainer import Progress
+from mlaas4hep.train.progress import Progress
 
 
 def collect(events: EventBatches, limit: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

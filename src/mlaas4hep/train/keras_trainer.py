@@ -19,7 +19,7 @@ import numpy as np
 from mlaas4hep.train.config import TrainConfig
 from mlaas4hep.train.loaders import EventBatches, NumpyBatch
 from mlaas4hep.train.metrics import TrainingHistory
-from mlaas4hep.train.torch_trainer import Progress
+from mlaas4hep.train.progress import Progress
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

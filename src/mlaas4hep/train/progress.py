@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Self
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bars
+
+Progress = Callable[[str, int, dict[str, float]], None]
+"""A trainer's report: ``progress(stage, events, values)``, the stage being
+``start:<epoch>``, ``batch`` (``events`` more were trained on) or ``end``."""
 
 
 class TrainingProgress:
@@ -19,7 +25,7 @@ class TrainingProgress:
     def __init__(self, console: Console, epochs: int, events_per_epoch: int | None) -> None:
         self.epochs = epochs
         self.total = events_per_epoch
-        self.bars = Progress(
+        self.bars = Bars(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=16),
             TextColumn("{task.completed:>9,.0f} ev"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from mlaas4hep.nn import EVENT_KEY, JaggedArrayLinear
 from mlaas4hep.train.config import TrainConfig
 from mlaas4hep.train.loaders import EventBatches, NumpyBatch, TorchEvents
 from mlaas4hep.train.metrics import TrainingHistory, class_scores, roc_auc
+from mlaas4hep.train.progress import Progress
 
 TensorBatch = dict[str, torch.Tensor]
 LOSSES = ("auto", "bce", "bce_logits", "cross_entropy", "nll")
@@ -236,10 +237,6 @@ class TorchTraining:
 
     model: ProbabilityModel
     history: TrainingHistory
-
-
-Progress = Callable[[str, int, dict[str, float]], None]
-"""``progress(stage, events, values)``: stage is ``start:<epoch>``, ``batch`` or ``end``."""
 
 
 def _loader(dataset: TorchEvents, workers: int) -> DataLoader[TensorBatch]:

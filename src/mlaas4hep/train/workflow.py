@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,12 @@ from mlaas4hep.train.metrics import (
     roc_curve,
     write_metrics,
 )
+from mlaas4hep.train.progress import Progress
 from mlaas4hep.train.split import SPLITS, split_sources
 from mlaas4hep.train.usermodel import UserModel, build_user_model
 from mlaas4hep.transform.scan import ScanOptions, identify_inputs, scan
 from mlaas4hep.transform.spec import FeatureSpec
 
-Progress = Callable[[str, int, dict[str, float]], None]
 EVALUATED_TRAIN_EVENTS = 100_000  # the train split's metrics use at most this many events
 
 
@@ -265,7 +266,7 @@ def _train(
         else None
     )
     try:
-        with reporter if reporter is not None else _nothing():
+        with reporter if reporter is not None else nullcontext():
             fitted, history = _fit(
                 user, train_events, validation, config, checkpoints, resume, reporter
             )
@@ -289,14 +290,6 @@ def _seed_everything(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _fit(
