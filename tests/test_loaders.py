@@ -203,3 +203,46 @@ def test_persistent_workers_read_each_epoch_once(data: tuple[list[Source], Featu
         fresh = keys_of(list(DataLoader(dataset, batch_size=None, num_workers=2)))
         assert set(fresh[:100]) == set(keys[:100])  # the same first batch: the same epoch
     assert not np.array_equal(passes[0], passes[1])
+
+
+def test_cache_serves_later_epochs_from_memory(
+    data: tuple[list[Source], FeatureSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources, spec = data
+    options = {"step_size": 300}
+    reads = []
+    original = EventStream.iter_epoch
+
+    def counted(self: EventStream, epoch: int, *args: object, **kwargs: object) -> object:
+        reads.append(epoch)
+        return original(self, epoch, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EventStream, "iter_epoch", counted)
+    cached = EventBatches(sources, spec, batch_size=100, seed=3, stream_options=options, cache=True)
+    epochs = []
+    for epoch in range(3):
+        cached.set_epoch(epoch)
+        epochs.append(list(cached))
+    assert reads == [0]  # read once, then served from memory
+
+    def rows_by_key(batch_list: list[dict[str, np.ndarray]]) -> dict[int, np.ndarray]:
+        keys = np.concatenate([b["event"] * 2 + b["label"] for b in batch_list]).astype(np.int64)
+        x = np.concatenate([b["x"] for b in batch_list])
+        assert len(keys) == len(np.unique(keys)) == 2400
+        return dict(zip(keys.tolist(), x, strict=True))
+
+    reference = rows_by_key(epochs[0])
+    for later in epochs[1:]:  # the same events, each row whole with its identifiers
+        rows = rows_by_key(later)
+        assert rows.keys() == reference.keys()
+        for key, row in rows.items():
+            np.testing.assert_array_equal(row, reference[key])
+    assert not np.array_equal(epochs[1][0]["event"], epochs[2][0]["event"])  # reshuffled
+    balanced = EventBatches(
+        sources, spec, stream_options={**options, "balance": "undersample"}, cache=True
+    )
+    reads.clear()
+    for epoch in range(2):
+        balanced.set_epoch(epoch)
+        list(balanced)
+    assert reads == [0, 1]  # balancing draws anew each epoch: nothing is cached

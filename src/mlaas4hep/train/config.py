@@ -57,6 +57,7 @@ class TrainConfig:
     patience: int | None = 5  # epochs without improvement before stopping; None: never
     min_delta: float = 0.0
     loader_workers: int = 0  # torch DataLoader worker processes
+    cache_mb: int = 2000  # keep train/validation tensors in memory if this is enough; 0: never
     seed: int = 0
     max_train_events: int = -1  # in-memory estimators: cap on the events held
     # output
@@ -205,7 +206,7 @@ def _check_types(values: dict[str, Any]) -> None:
     """Reject values of the wrong kind with the key's name (JSON/YAML are untyped)."""
     expected: dict[str, tuple[type, ...]] = {
         "nevts": (int,), "epochs": (int,), "batch_size": (int,), "seed": (int,),
-        "loader_workers": (int,), "scan_workers": (int,), "verbose": (int, bool),
+        "loader_workers": (int,), "scan_workers": (int,), "cache_mb": (int,), "verbose": (int, bool),
         "learning_rate": (float, int), "weight_decay": (float, int), "pad_value": (float, int),
         "shuffle": (bool,), "plots": (bool,), "step_size": (int, str),
     }  # fmt: skip

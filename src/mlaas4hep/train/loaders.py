@@ -70,6 +70,13 @@ def batches(arrays: Iterator[NumpyBatch], size: int) -> Iterator[NumpyBatch]:
         yield {k: np.concatenate([c[k] for c in carry]) for k in carry[0]}
 
 
+def _kept_in(parts: Iterator[NumpyBatch], kept: list[NumpyBatch]) -> Iterator[NumpyBatch]:
+    """``parts`` as they are, each also appended to ``kept``."""
+    for part in parts:
+        kept.append(part)
+        yield part
+
+
 def _permuted(part: NumpyBatch, rng: np.random.Generator) -> NumpyBatch:
     order = rng.permutation(len(next(iter(part.values()))))
     return {k: v[order] for k, v in part.items()}
@@ -97,6 +104,11 @@ class EventBatches:
     ``stream_options`` go to :class:`~mlaas4hep.data.reader.EventStream`
     (``step_size``, ``shuffle``, ``interleave``, ``balance``, ...).
     ``padding_value``, when set, replaces the padded feature entries.
+
+    ``cache=True`` keeps the tensors of a shard in memory after its first
+    complete epoch; later epochs reshuffle them without reading or transforming
+    again. A shard then keeps the same events every epoch (still each exactly
+    once), and class balancing, which draws anew every epoch, turns it off.
     """
 
     sources: Sequence[Source]
@@ -107,6 +119,7 @@ class EventBatches:
     label_branch: str | None = None
     stream_options: dict[str, Any] = field(default_factory=dict)
     padding_value: float | None = None
+    cache: bool = False
     epoch: int = 0
 
     def __post_init__(self) -> None:
@@ -116,6 +129,7 @@ class EventBatches:
             raise ConfigError("a loader needs at least one source")
         self._kept: tuple[int, EventStream] | None = None  # (process id, open stream)
         self._busy = False
+        self._cached: dict[Shard, NumpyBatch] = {}  # the tensors of each complete shard
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the next iteration reads (a new shuffle per epoch)."""
@@ -173,7 +187,7 @@ class EventBatches:
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with "spawn" get the loader without its stream
-        return {**self.__dict__, "_kept": None, "_busy": False}
+        return {**self.__dict__, "_kept": None, "_busy": False, "_cached": {}}
 
     def events(self) -> int:
         """Events one epoch reads (before a preprocessing selection or class balancing)."""
@@ -183,22 +197,34 @@ class EventBatches:
     def iter_shard(self, shard: Shard = (0, 1), epoch: int | None = None) -> Generator[NumpyBatch]:
         """The batches of shard ``(index, count)`` of ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
-        preprocessing = preprocessing_for(self.spec, self.preprocessing)
-        vector = VectorTransform(self.spec)
         rng = epoch_rng(self.seed, epoch, shard[0], 1) if self._dense_shuffle else None
+        cached = self._cached.get(shard)
+        if cached is not None:
+            parts: Iterator[NumpyBatch] = iter([cached if rng is None else _permuted(cached, rng)])
+            yield from self._batches(parts)
+            return
+        keep = self.cache and self.stream_options.get("balance") is None
+        kept: list[NumpyBatch] = []
         with self._open_stream() as stream:
-            arrays = (
+            preprocessing = preprocessing_for(self.spec, self.preprocessing)
+            vector = VectorTransform(self.spec)
+            parts = (
                 transform_chunk(
                     stream, chunk, self.spec, vector, preprocessing, label_branch=self.label_branch
                 )[0]
                 for chunk in stream.iter_epoch(epoch, shard=shard)
             )
+            if keep:
+                parts = _kept_in(parts, kept)
             if rng is not None:
-                arrays = (_permuted(part, rng) for part in arrays)
-            for batch in batches(arrays, self.batch_size):
-                yield (
-                    batch if self.padding_value is None else fill_padding(batch, self.padding_value)
-                )
+                parts = (_permuted(part, rng) for part in parts)
+            yield from self._batches(parts)
+        if keep and kept:  # reached only when the epoch was read to its end
+            self._cached[shard] = {k: np.concatenate([p[k] for p in kept]) for k in kept[0]}
+
+    def _batches(self, parts: Iterator[NumpyBatch]) -> Iterator[NumpyBatch]:
+        for batch in batches(parts, self.batch_size):
+            yield batch if self.padding_value is None else fill_padding(batch, self.padding_value)
 
     def __iter__(self) -> Iterator[NumpyBatch]:
         return self.iter_shard()

@@ -260,6 +260,11 @@ def _train(
     train_events = events("train", loader_class, **stream)
     validation = events("validation", loader_class)
     assert train_events is not None
+    # tensors: features and mask in float32, plus label, weight and identifiers
+    megabytes = (len(spec.columns()) * 8 + 64) * sum(_sizes(limited)) / world / 1e6
+    for loader in (train_events, validation):
+        if loader is not None:
+            loader.cache = megabytes <= config.cache_mb
     reporter = (
         progress(config.epochs, math.ceil(train_events.events() / world))
         if progress and rank == 0
