@@ -230,15 +230,18 @@ class EventBatches:
         return self.iter_shard()
 
 
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this data-parallel process (``(0, 1)`` without DDP)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def shard_of_this_process() -> Shard:
     """``(index, count)`` of this DataLoader worker among all workers of all ranks."""
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-    rank, world = (
-        (dist.get_rank(), dist.get_world_size())
-        if dist.is_available() and dist.is_initialized()
-        else (0, 1)
-    )
+    rank, world = rank_and_world()
     return rank * workers + worker, world * workers
 
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from mlaas4hep.errors import ConfigError, DataError
 from mlaas4hep.nn import EVENT_KEY, JaggedArrayLinear
 from mlaas4hep.train.config import TrainConfig
-from mlaas4hep.train.loaders import EventBatches, NumpyBatch, TorchEvents
+from mlaas4hep.train.loaders import EventBatches, NumpyBatch, TorchEvents, rank_and_world
 from mlaas4hep.train.metrics import TrainingHistory, class_scores, roc_auc
 from mlaas4hep.train.progress import Progress
 
@@ -208,15 +208,8 @@ def check_labels(label: torch.Tensor, classes: int) -> None:
         )
 
 
-def distributed() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process (``(0, 1)`` without DDP)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_reduce(values: list[float]) -> list[float]:
-    if distributed()[1] == 1:
+    if rank_and_world()[1] == 1:
         return values
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
@@ -257,7 +250,7 @@ def fit_torch(
 ) -> TorchTraining:
     """Train ``model`` on ``train``; early-stop on the ``validation`` loss; keep the best."""
     torch.manual_seed(config.seed)
-    rank, world = distributed()
+    rank, world = rank_and_world()
     first = next(iter(_loader(train, 0)), None)
     if first is None:
         raise DataError("the training split has no events")
@@ -373,8 +366,8 @@ def evaluate_loss(
         if labels
         else []
     )
-    if distributed()[1] > 1:
-        gathered: list[Any] = [None] * distributed()[1]
+    if rank_and_world()[1] > 1:
+        gathered: list[Any] = [None] * rank_and_world()[1]
         dist.all_gather_object(gathered, parts)
         parts = [p for g in gathered for p in g]
     label, score, event_weight = (np.concatenate([p[i] for p in parts]) for i in range(3))

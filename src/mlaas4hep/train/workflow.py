@@ -15,9 +15,9 @@ broadcast), evaluates and exports.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.errors import ConfigError, DataError
 from mlaas4hep.train.config import TrainConfig
-from mlaas4hep.train.loaders import EventBatches, NumpyBatch, TorchEvents
+from mlaas4hep.train.loaders import EventBatches, NumpyBatch, TorchEvents, rank_and_world
 from mlaas4hep.train.metrics import (
     SplitMetrics,
     TrainingHistory,
@@ -117,26 +119,14 @@ def _init_distributed() -> bool:
     """Join the process group when started by ``torchrun``; True when this call created it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return False
     dist.init_process_group("gloo")
     return True
 
 
-def _rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _broadcast(value: Any) -> Any:
-    import torch.distributed as dist
-
-    if _rank()[1] == 1:
+    if rank_and_world()[1] == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -209,8 +199,6 @@ def train(
         return _train(files, labels, Path(model), config, out, specs, preproc, resume, progress)
     finally:
         if created_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
@@ -219,7 +207,7 @@ def _train(
     config: TrainConfig, out: Path, specs: str | Path | None, preproc: str | Path | None,
     resume: bool, progress: Callable[[int, int | None], Any] | None,
 ) -> TrainResult | None:  # fmt: skip
-    rank, world = _rank()
+    rank, world = rank_and_world()
     if labels is None and config.label_branch is None and preproc is None:
         raise ConfigError("no labels: give --labels (labels.txt or one per input) or label_branch")
     sources = resolve_sources(files, labels=labels, redirector=config.redirector)
@@ -285,16 +273,10 @@ def _train(
 
 
 def _seed_everything(seed: int) -> None:
-    """Seed the generators a model file may draw from: Python, numpy, torch, Keras."""
-    import random
-    import sys
-
+    """Seed the generators a model file may draw from: Python, numpy, torch (and so Keras)."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - user code may draw from the global generator
-    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
-        import torch
-
-        torch.manual_seed(seed)
+    torch.manual_seed(seed)
 
 
 def _fit(
@@ -432,8 +414,6 @@ def _export(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         if user.framework == "torch":
-            import torch
-
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
             example = {
                 n: t.numpy()
