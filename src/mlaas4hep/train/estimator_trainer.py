@@ -99,5 +99,5 @@ def fit_estimator(
 
 def predict_estimator(model: Any, events: EventBatches) -> Iterator[tuple[NumpyBatch, np.ndarray]]:
     """``(batch, probabilities)`` for every batch of ``events``."""
-    for batch in events:
+    for batch in events.iter_shard():  # numpy, from any loader class
         yield batch, np.asarray(model.predict_proba(batch["x"]), dtype=np.float32)

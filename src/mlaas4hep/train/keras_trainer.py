@@ -140,6 +140,6 @@ def fit_keras(
 
 def predict_keras(model: Any, events: EventBatches) -> Iterator[tuple[NumpyBatch, np.ndarray]]:
     """``(batch, probabilities)`` for every batch of ``events``."""
-    for batch in events:
+    for batch in events.iter_shard():  # numpy, from any loader class
         output = np.asarray(model.predict_on_batch(batch["x"]))
         yield batch, output.reshape(len(output), -1)

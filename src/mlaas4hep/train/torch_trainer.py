@@ -382,7 +382,7 @@ def predict_torch(
     """``(batch, probabilities)`` for every batch of ``events`` (one process, in order)."""
     model.eval()
     with torch.no_grad():
-        for batch in events:
+        for batch in events.iter_shard():  # numpy, from any loader class
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
             yield batch, model(*model.call.inputs(tensors)).numpy()
 

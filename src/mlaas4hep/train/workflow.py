@@ -240,7 +240,7 @@ def _train(
         return cls(
             splits[split], spec, batch_size=config.batch_size, seed=config.seed,
             preprocessing=preprocessing, label_branch=config.label_branch,
-            stream_options=options or {"step_size": config.step_size, "shuffle": False},
+            stream_options={"step_size": config.step_size, "shuffle": False, **options},
         )  # fmt: skip
 
     checkpoints = out / "checkpoints"
@@ -263,13 +263,19 @@ def _train(
             fitted, history = _fit(
                 user, train_events, validation, config, checkpoints, resume, reporter
             )
+        if rank != 0:
+            return None
+        # the validation loader is evaluated as it is: its tensors may be cached
+        evaluated = {
+            "train": events("train", nevts=_evaluated_events(splits["train"])),
+            "validation": validation,
+            "test": events("test"),
+        }
+        return _finish(user, fitted, history, spec, evaluated, config, out, warnings)
     finally:
         train_events.close()
         if validation is not None:
             validation.close()
-    if rank != 0:
-        return None
-    return _finish(user, fitted, history, spec, splits, events, config, out, warnings)
 
 
 def _seed_everything(seed: int) -> None:
@@ -338,24 +344,22 @@ def _predictions(
     return predict_estimator(model, events)
 
 
+def _evaluated_events(train: Sequence[Source]) -> int:
+    """``nevts`` for the train split's metrics: all of it, or a cap."""
+    return EVALUATED_TRAIN_EVENTS if sum(_sizes(train)) > EVALUATED_TRAIN_EVENTS else -1
+
+
 def _finish(
     user: UserModel, model: Any, history: TrainingHistory, spec: FeatureSpec,
-    splits: dict[str, list[Source]], events: Callable[..., EventBatches | None],
-    config: TrainConfig, out: Path, warnings: list[str],
+    evaluated: dict[str, EventBatches | None], config: TrainConfig, out: Path,
+    warnings: list[str],
 ) -> TrainResult:  # fmt: skip
     from mlaas4hep.train.plots import write_plots
 
     flat_width = len(spec.flat_branches)
     predicted: dict[str, Predictions] = {}
     for split in SPLITS:
-        options = {"step_size": config.step_size, "shuffle": False}
-        if split == "train":
-            options["nevts"] = (
-                EVALUATED_TRAIN_EVENTS
-                if sum(_sizes(splits[split])) > EVALUATED_TRAIN_EVENTS
-                else -1
-            )
-        batches = events(split, EventBatches, **options)
+        batches = evaluated[split]
         if batches is not None:
             with batches:
                 predicted[split] = _gather(_predictions(user.framework, model, batches), flat_width)
