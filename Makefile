@@ -23,13 +23,13 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 $(VENV)/.train: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[train]'
+	$(BIN)/python -m pip install --quiet -e '.[train,serve]'
 	touch $@
 
 # The benchmarks also compare with ROOT's own loader (the PyPI "root" wheel).
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[xrootd,train,keras,sklearn]' xgboost-cpu onnxmltools root
+	$(BIN)/python -m pip install --quiet -e '.[xrootd,train,keras,sklearn,serve]' xgboost-cpu onnxmltools root
 	touch $@
 
 demo: $(VENV)/.train
@@ -44,6 +44,7 @@ demo: $(VENV)/.train
 		--specs $(DEMO)/features.json --out $(DEMO)/tensors.npz
 	$(BIN)/mlaas4hep train --files $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
 		--model examples/ex_pytorch.py --params examples/params.json --fout $(DEMO)/run
+	$(BIN)/python examples/serve_and_query.py $(DEMO)/run/model $(DEMO)/signal_0.root
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
@@ -59,6 +60,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/loader.py --epochs 5 --workloads small
 	$(BIN)/python benchmarks/train_models.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlaas4hep import testing
-from mlaas4hep.testing import XRootDServer
+from mlaas4hep._native import load_xrootd_first
+from mlaas4hep.testing import XRootDServer, free_port, wait_for_port
 
 # Let the XRootD client give up on a dead server within seconds, not minutes,
 # so the tests of servers going away stay short. Set before the client loads.
 os.environ.setdefault("XRD_CONNECTIONWINDOW", "2")
 os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
 os.environ.setdefault("XRD_STREAMERRORWINDOW", "0")
+# Tests build TensorFlow models in this process; XRootD must be loaded first.
+load_xrootd_first()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -62,3 +67,33 @@ def xrootd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XRootDSe
     server = start_xrootd(tmp_path_factory.mktemp("xrootd") / "export")
     yield server
     server.stop()
+
+
+BUCKET = "hep-data"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> Iterator[object]:
+    """An S3 endpoint with one bucket; clients find it through AWS_ENDPOINT_URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if not wait_for_port(port, 30, server):
+            pytest.fail("the S3 server (moto) did not start")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+            env.setenv("AWS_ACCESS_KEY_ID", "test")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            import boto3
+
+            client = boto3.client("s3")
+            client.create_bucket(Bucket=BUCKET)
+            yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

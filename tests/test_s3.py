@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-
 import awkward as ak
 import pytest
-from conftest import shared_file
+from conftest import BUCKET, shared_file
 
 from mlaas4hep.data.reader import EventStream
 from mlaas4hep.data.rootfile import RetryPolicy
 from mlaas4hep.data.sources import resolve_sources
 from mlaas4hep.errors import DataError
-from mlaas4hep.testing import free_port, wait_for_port
-
-BUCKET = "hep-data"
-
-
-@pytest.fixture(scope="module")
-def s3_bucket() -> Iterator[object]:
-    """An S3 endpoint with one bucket; clients find it through AWS_ENDPOINT_URL."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        if not wait_for_port(port, 30, server):
-            pytest.fail("the S3 server (moto) did not start")
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-            env.setenv("AWS_ACCESS_KEY_ID", "test")
-            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
-            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            import boto3
-
-            client = boto3.client("s3")
-            client.create_bucket(Bucket=BUCKET)
-            yield client
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.mark.parametrize(

@@ -518,6 +518,92 @@ def train(
     stdout.print(f"model package written to {result.package}", highlight=False)
 
 
+@app.command()
+def serve(
+    repository: Annotated[
+        str | None, typer.Option(help="Model repository: a directory or an fsspec URL [./models].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [8083, as TFaaS].")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Server processes [1].")] = None,
+    auth_tokens: Annotated[
+        Path | None, typer.Option(help="Tokens file (scopes read/write/admin); turns auth on.")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="server.yaml with any setting (flags override it).")
+    ] = None,
+) -> None:
+    """Serve the models of a repository over HTTP (TFaaS API)."""
+    from mlaas4hep.serve.config import load_settings
+    from mlaas4hep.serve.server import serve as run_server
+
+    settings = load_settings(
+        config,
+        repository=repository,
+        host=host,
+        port=port,
+        workers=workers,
+        auth_tokens=str(auth_tokens) if auth_tokens else None,
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+    )
+    scheme = "https" if settings.tls_cert else "http"
+    console.print(
+        f"serving {settings.repository} on {scheme}://{settings.host}:{settings.port} "
+        f"({settings.workers} worker{'s' if settings.workers > 1 else ''})",
+        highlight=False,
+    )
+    run_server(settings, log_level=min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+@app.command()
+def client(
+    url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://localhost:8083",
+    token: Annotated[
+        str | None, typer.Option(envvar="MLAAS4HEP_TOKEN", help="Bearer token of the server.")
+    ] = None,
+    upload: Annotated[
+        Path | None,
+        typer.Option(help='upload.json: {"model", "labels", "name", "params"} (TFaaS form).'),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Upload a .tar.gz bundle, a bundle directory or a model package."),
+    ] = None,
+    predict: Annotated[
+        Path | None, typer.Option(help='input.json: {"keys", "values", "model"}.')
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Classify a PNG/JPEG image (with --model).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model (NAME or NAME:VERSION) for --predict / --image.")
+    ] = None,
+    delete: Annotated[
+        str | None, typer.Option(help="Delete a model (NAME) or one version (NAME:VERSION).")
+    ] = None,
+    models: Annotated[bool, typer.Option("--models", help="List the models.")] = False,
+    params: Annotated[str | None, typer.Option(help="Show a model's params.")] = None,
+) -> None:
+    """Talk to a model server with TFaaS's client flags; prints the answer as JSON."""
+    from mlaas4hep.client.command import run
+
+    run(
+        url,
+        token,
+        upload=upload,
+        bundle=bundle,
+        predict=predict,
+        image=image,
+        model=model,
+        delete=delete,
+        models=models,
+        params=params,
+    )
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into messages."""
     try:

@@ -1,0 +1,97 @@
+"""Run the application on Granian (a Rust HTTP server for ASGI applications).
+
+``serve(settings)`` blocks until the server is stopped (SIGINT/SIGTERM): it then
+stops accepting connections, lets in-flight requests finish, and unloads the
+models. Each worker process builds its own application from the settings,
+which travel to it in the environment (``MLAAS4HEP_SERVE_SETTINGS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from granian.constants import Interfaces, Loops
+from granian.server import Server
+
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.serve.app import create_app
+from mlaas4hep.serve.config import ServerSettings
+
+SETTINGS_VARIABLE = "MLAAS4HEP_SERVE_SETTINGS"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, with the request id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: ServerSettings, level: int = logging.INFO) -> None:
+    """Structured (JSON) or plain logs on stderr for the ``mlaas4hep`` loggers."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("mlaas4hep")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def application() -> Any:
+    """The application factory each worker calls (settings from the environment)."""
+    raw = os.environ.get(SETTINGS_VARIABLE)
+    settings = ServerSettings(**json.loads(raw)) if raw else ServerSettings()
+    configure_logging(settings, int(os.environ.get("MLAAS4HEP_LOG_LEVEL", logging.INFO)))
+    return create_app(settings)
+
+
+def serve(settings: ServerSettings, *, log_level: int = logging.INFO) -> None:
+    """Serve until stopped."""
+    if "://" not in settings.repository:
+        Path(settings.repository).mkdir(parents=True, exist_ok=True)
+    for path in (settings.tls_cert, settings.tls_key, settings.auth_tokens):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist")
+    os.environ[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
+    os.environ["MLAAS4HEP_LOG_LEVEL"] = str(log_level)
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Every worker writes its metrics here; /metrics adds them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
+    configure_logging(settings, log_level)
+    server = Server(
+        "mlaas4hep.serve.server:application",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.auto,
+        factory=True,
+        log_enabled=True,
+        log_access=False,
+        ssl_cert=Path(settings.tls_cert) if settings.tls_cert else None,
+        ssl_key=Path(settings.tls_key) if settings.tls_key else None,
+        respawn_failed_workers=True,
+    )
+    server.serve()
