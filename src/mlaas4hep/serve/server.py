@@ -9,6 +9,7 @@ which travel to it in the environment (``MLAAS4HEP_SERVE_SETTINGS``).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -64,7 +65,21 @@ def application() -> Any:
     raw = os.environ.get(SETTINGS_VARIABLE)
     settings = ServerSettings(**json.loads(raw)) if raw else ServerSettings()
     configure_logging(settings, int(os.environ.get("MLAAS4HEP_LOG_LEVEL", logging.INFO)))
+    tune_garbage_collection()
     return create_app(settings)
+
+
+def tune_garbage_collection() -> None:
+    """Fewer, cheaper collections in a server process.
+
+    Each request allocates a few dozen short-lived objects; with the default
+    thresholds the collector runs every few requests and its occasional full
+    passes over everything loaded stall the event loop for milliseconds (the p99
+    latency of ``/json`` under load halved without them, see
+    benchmarks/RESULTS.md). Objects alive at start are moved out of its sight.
+    """
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
 
 
 def serve(settings: ServerSettings, *, log_level: int = logging.INFO) -> None:
