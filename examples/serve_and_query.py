@@ -56,7 +56,7 @@ def main() -> None:
         sys.exit("this demo sends flat rows; the package uses the grouped layout")
     spec = package.spec
     tree = uproot.open(args.events)[spec.tree or "Events"]
-    tensors = VectorTransform(spec).flat(tree.arrays(spec.source_branches(), entry_stop=EVENTS))
+    tensors = VectorTransform(spec).flat(tree.arrays(spec.source_branches, entry_stop=EVENTS))
     pad = float(package.metadata["training"]["params"].get("pad_value", 0.0))
     x = np.where(tensors.mask > 0, tensors.x, np.float32(pad))  # padded slots as in training
     feeds = {"x": x} | ({"mask": np.ones_like(x)} if len(package.inputs) > 1 else {})

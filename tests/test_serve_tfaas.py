@@ -468,3 +468,74 @@ def test_openapi_covers_every_endpoint(server: str, tmp_path: Path) -> None:
     paths = {route.path for route in app._router.routes}
     paths |= {"/v2/health/live", "/v2/health/ready"}
     assert paths <= set(schema["paths"])
+
+
+def test_tags_pick_the_serving_version_and_history_records_them(server: str, models: Path) -> None:
+    upload_with_curl(server, "tagged", models / "mlp")
+    upload_with_curl(server, "tagged", models / "mlp2")
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    newest = onnx_predict(models / "mlp2" / "model.onnx", x)
+    oldest = onnx_predict(models / "mlp" / "model.onnx", x)
+    np.testing.assert_allclose(
+        httpx.post(f"{server}/json", json={"values": x.tolist(), "model": "tagged"}).json(),
+        newest,
+        rtol=1e-5,
+    )
+
+    pinned = httpx.put(f"{server}/models/tagged/tags/prod", json={"version": 1})
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["serving_version"] == 1
+    np.testing.assert_allclose(
+        httpx.post(f"{server}/json", json={"values": x.tolist(), "model": "tagged"}).json(),
+        oldest,
+        rtol=1e-5,
+    )
+    staging = httpx.put(f"{server}/models/tagged/tags/staging", json={"version": 2})
+    assert staging.status_code == 200
+    by_tag = httpx.post(
+        f"{server}/json", json={"values": x.tolist(), "model": "tagged:staging"}
+    ).json()
+    np.testing.assert_allclose(by_tag, newest, rtol=1e-5)
+
+    detail = httpx.get(f"{server}/models/tagged").json()
+    assert detail["tags"] == {"prod": 1, "staging": 2}
+    assert [v["version"] for v in detail["version_details"]] == [1, 2]
+    assert all(len(v["checksum"]) == 64 for v in detail["version_details"])
+    assert [h["action"] for h in detail["history"]][:2] == ["tag", "tag"]
+
+    assert httpx.delete(f"{server}/models/tagged/tags/prod").json()["serving_version"] == 2
+    assert httpx.delete(f"{server}/models/tagged/tags/prod").status_code == 404
+    assert httpx.put(f"{server}/models/tagged/tags/Bad Tag", json={"version": 1}).status_code == 400
+    assert httpx.put(f"{server}/models/tagged/tags/qa", json={"version": 9}).status_code == 404
+    assert httpx.put(f"{server}/models/tagged/tags/qa", content=b"1").status_code == 400
+
+
+JUNK = [b"", b"\x00" * 10, b"{}", b"[]", b"null", b'{"values": [[]]}', b'{"values": [1e400]}',
+        b'{"values": {"a": 1}}', b'{"keys": [1, 2], "values": [1, 2]}', b'{"keys": [[1]], "values": [1]}',
+        "ü".encode() * 3, b"\x1f\x8b\x08\x00junk", b"PK\x03\x04junk", b"--boundary\r\n\r\n"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/json"), ("POST", "/proto"), ("POST", "/image"), ("POST", "/upload"), ("DELETE", "/delete"),
+     ("POST", "/params"), ("PUT", "/models/mlp/tags/prod"), ("GET", "/params/..%2Fetc"), ("DELETE", "/delete/mlp/x")],
+)  # fmt: skip
+def test_junk_never_gets_a_500(server: str, models: Path, method: str, path: str) -> None:
+    if "mlp" not in {m["name"] for m in httpx.get(f"{server}/models").json()}:
+        upload_with_curl(server, "mlp", models / "mlp")
+    for body in JUNK:
+        for content_type in (
+            "application/json",
+            "multipart/form-data; boundary=boundary",
+            "application/octet-stream",
+        ):
+            answer = httpx.request(
+                method, f"{server}{path}", content=body, headers={"Content-Type": content_type}
+            )
+            assert 400 <= answer.status_code < 500, (
+                body,
+                content_type,
+                answer.status_code,
+                answer.text,
+            )
+            assert answer.json()["error"]

@@ -74,7 +74,11 @@ _ENDPOINTS = {
     "/v2/health/ready",
     "/",
 }
-_TEMPLATES = (("/delete/", "/delete/{model}"), ("/params/", "/params/{model}"))
+_TEMPLATES = (
+    ("/delete/", "/delete/{model}"),
+    ("/params/", "/params/{model}"),
+    ("/models/", "/models/{model}"),
+)
 
 
 def endpoint_label(path: str) -> str:

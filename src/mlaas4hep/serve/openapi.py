@@ -64,6 +64,7 @@ def _path_parameter(name: str, description: str, schema_type: str = "string") ->
 
 _MODEL = _path_parameter("model", "Model name")
 _VERSION = _path_parameter("version", "Model version", "integer")
+_TAG = _path_parameter("tag", "Tag name (lower case letters, digits, _ and -)")
 
 _ROW = {
     "type": "object",
@@ -207,6 +208,38 @@ def openapi_schema() -> dict[str, Any]:
                 {"200": _ok("A list of models", {"type": "array", "items": {"type": "object"}})},
                 tag="TFaaS",
             )
+        },
+        "/models/{model}": {
+            "get": _operation(
+                "One model: params, state, every version (checksum, size, source, tags), history",
+                {"200": _ok("The model")},
+                tag="Repository",
+                parameters=[_MODEL],
+            )
+        },
+        "/models/{model}/tags/{tag}": {
+            "put": _operation(
+                "Point a tag at a version (tag prod: the version serving requests that name none)",
+                {"200": _ok("{model, tag, version, serving_version}")},
+                tag="Repository",
+                body=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["version"],
+                        "properties": {"version": {"type": "integer"}},
+                    },
+                    "The version to tag",
+                ),
+                parameters=[_MODEL, _TAG],
+                scope="write",
+            ),
+            "delete": _operation(
+                "Remove a tag",
+                {"200": _ok("{model, tag, version: null, serving_version}")},
+                tag="Repository",
+                parameters=[_MODEL, _TAG],
+                scope="write",
+            ),
         },
         "/params": {
             "get": _operation(

@@ -318,6 +318,55 @@ async def _describe(state: ServerState, name: str) -> dict[str, Any]:
     return entry
 
 
+async def model_detail(request: Request) -> Response:
+    """``GET /models/{model}``: one model as ``/models`` lists it, plus every
+    version (checksum, size, source, tags) and the latest history records."""
+    _authorize(request, "read")
+    state = _state(request)
+    name = validate_model_name(request.path_params["model"])
+    versions = await asyncio.to_thread(state.repository.versions, name)
+    entry = await _describe(state, name)
+    entry["version_details"] = [
+        {
+            "version": v.version,
+            "checksum": v.checksum,
+            "created": v.created,
+            "source": v.source,
+            "size": v.size,
+            "tags": list(v.tags),
+        }
+        for v in versions
+    ]
+    entry["history"] = await asyncio.to_thread(state.repository.history, name, 50)
+    return json_response(entry)
+
+
+async def tag(request: Request) -> Response:
+    """``PUT /models/{model}/tags/{tag}`` with ``{"version": N}`` points a tag at a
+    version; ``DELETE`` removes it. Tag ``prod`` picks the version that serves
+    requests naming none."""
+    actor = _authorize(request, "write")
+    state = _state(request)
+    name = validate_model_name(request.path_params["model"])
+    label = request.path_params["tag"]
+    if request.method == "DELETE":
+        await asyncio.to_thread(state.repository.untag, name, label, actor=actor)
+        version = None
+    else:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BadRequest('send the version to tag as JSON: {"version": 3}')
+        await asyncio.to_thread(state.repository.tag, name, version, label, actor=actor)
+    served = await state.models.published(name)
+    return json_response(
+        {"model": name, "tag": label, "version": version, "serving_version": served.version.version}
+    )
+
+
 def _params_of(state: ServerState, name: str) -> dict[str, Any]:
     """TFaaS params of ``name``'s newest version: its params.json, else derived."""
     version = state.repository.resolve(name)
@@ -405,6 +454,8 @@ def routes() -> list[Route]:
         Route("/delete/{model}", delete, methods=["DELETE"]),
         Route("/delete/{model}/{version}", delete, methods=["DELETE"]),
         Route("/models", models, methods=["GET"]),
+        Route("/models/{model}", model_detail, methods=["GET"]),
+        Route("/models/{model}/tags/{tag}", tag, methods=["PUT", "DELETE"]),
         Route("/params", params, methods=["GET", "POST"]),
         Route("/params/{model}", params, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
