@@ -234,7 +234,7 @@ def test_the_shipped_proto_file_matches_the_messages() -> None:
         for repeated, kind, field, number in declared:
             actual = descriptor.fields_by_name[field]
             assert actual.number == int(number)
-            assert (actual.label == actual.LABEL_REPEATED) == bool(repeated)
+            assert actual.is_repeated == bool(repeated)
             if kind in types:
                 assert actual.type == types[kind]
             else:

@@ -526,6 +526,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [8083, as TFaaS].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Server processes [1].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve Triton's gRPC API on this port (e.g. 8001).")
+    ] = None,
     auth_tokens: Annotated[
         Path | None, typer.Option(help="Tokens file (scopes read/write/admin); turns auth on.")
     ] = None,
@@ -545,6 +548,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        grpc_port=grpc_port,
         auth_tokens=str(auth_tokens) if auth_tokens else None,
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None,

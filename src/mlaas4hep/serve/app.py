@@ -28,11 +28,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlaas4hep import __version__
-from mlaas4hep.serve.api import tfaas
+from mlaas4hep.serve.api import tfaas, v2_rest
 from mlaas4hep.serve.api.tfaas import json_response
 from mlaas4hep.serve.auth import load_authorizer
 from mlaas4hep.serve.config import ServerSettings
 from mlaas4hep.serve.errors import PayloadTooLarge, ServeError
+from mlaas4hep.serve.grpc_server import start_grpc_server
 from mlaas4hep.serve.http import (
     Message,
     Receive,
@@ -52,6 +53,9 @@ from mlaas4hep.serve.repository import ModelRepository
 from mlaas4hep.serve.state import ServerState
 
 log = logging.getLogger("mlaas4hep.serve")
+
+GRACE_SECONDS = 30.0
+"""How long gRPC calls in flight may take to finish at shutdown."""
 
 UPLOAD_PATHS = frozenset({"/upload"})
 """Paths whose bodies may be as large as ``max_upload_bytes``."""
@@ -98,7 +102,7 @@ class MlaasApp:
         self.state = state
         self._fast = tfaas.FAST_ROUTES
         self._router = Starlette(
-            routes=[*tfaas.routes(), *self._own_routes()],
+            routes=[*tfaas.routes(), *v2_rest.routes(), *self._own_routes()],
             exception_handlers={ServeError: _serve_error, HTTPException: _http_error},
             lifespan=self._lifespan,
         )
@@ -134,13 +138,18 @@ class MlaasApp:
 
         try:
             fast = self._fast.get(path) if method == "POST" else None
-            if fast is not None:
+            target = v2_rest.infer_target(path) if method == "POST" and fast is None else None
+            if fast is not None or target is not None:
                 if state.auth.enabled:
                     state.authorize(header(scope, b"authorization"), "read")
                 body = await read_body(receive, state.settings.max_request_bytes)
-                reply = await fast(state, body)
+                if fast is not None:
+                    reply = await fast(state, body)
+                else:
+                    length = header(scope, v2_rest.HEADER_LENGTH)
+                    reply = await v2_rest.infer_http(state, target, body, length)  # type: ignore[arg-type]
                 status = reply[0]
-                await respond(send, status, reply[1], reply[2], extra)
+                await respond(send, status, reply[1], reply[2], [*extra, *reply[3]])
                 answered = True
             elif path.startswith("/v2/health/") and method == "GET":
                 await self._health(path, tracked)
@@ -181,7 +190,10 @@ class MlaasApp:
 
     def _limit(self, path: str) -> int:
         settings = self.state.settings
-        return settings.max_upload_bytes if path in UPLOAD_PATHS else settings.max_request_bytes
+        uploads = path in UPLOAD_PATHS or (
+            path.startswith("/v2/repository/models/") and path.endswith("/load")
+        )
+        return settings.max_upload_bytes if uploads else settings.max_request_bytes
 
     async def _health(self, path: str, send: Send) -> None:
         if path == "/v2/health/live":
@@ -222,11 +234,14 @@ class MlaasApp:
             await state.models.load_all()
         if settings.model_control in ("poll", "startup"):
             poller = asyncio.create_task(self._poll(settings.poll_interval))
+        grpc = await start_grpc_server(state) if settings.grpc_port else None
         log.info("serving %s", settings.repository)
         try:
             yield
         finally:
             state.draining = True
+            if grpc is not None:
+                await grpc.stop(GRACE_SECONDS)
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

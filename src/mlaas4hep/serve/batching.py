@@ -65,8 +65,15 @@ class BatchStats:
     failures: int = 0
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    success_seconds: float = 0.0
+    """Time from arrival to answer, summed over the requests that succeeded."""
+    failure_seconds: float = 0.0
+    last_inference: float = 0.0
+    """Wall-clock time (s since the epoch) of the last answered request."""
     batch_sizes: dict[int, int] = field(default_factory=dict)
     """Number of model calls per batch size (rows)."""
+    batch_seconds: dict[int, float] = field(default_factory=dict)
+    """Compute time per batch size (rows), summed over the model calls."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary with averages."""
@@ -229,6 +236,8 @@ class DynamicBatcher:
         stats.queue_seconds += queued
         stats.compute_seconds += finished - started
         stats.batch_sizes[rows] = stats.batch_sizes.get(rows, 0) + 1
+        stats.batch_seconds[rows] = stats.batch_seconds.get(rows, 0.0) + finished - started
+        stats.last_inference = time.time()
         error = done.exception()
         results: list[Arrays | BaseException] = (
             [error] * len(batch) if error is not None else list(done.result())
@@ -238,8 +247,10 @@ class DynamicBatcher:
                 continue
             if isinstance(result, BaseException):
                 stats.failures += 1
+                stats.failure_seconds += finished - pending.queued_at
                 pending.future.set_exception(result)
             else:
+                stats.success_seconds += finished - pending.queued_at
                 pending.future.set_result(result)
         if self._observer is not None:
             self._observer(len(batch), rows, queued, finished - started)

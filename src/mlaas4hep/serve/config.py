@@ -32,6 +32,10 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8083
     workers: int = 1
+    grpc_port: int | None = None
+    """Port of the gRPC server (Triton's GRPCInferenceService); None: no gRPC."""
+    grpc_max_message_bytes: int = 512 * 2**20
+    """Largest gRPC message received or sent (gRPC's own default is 4 MiB)."""
     auth_tokens: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -63,8 +67,10 @@ class ServerSettings:
             raise ConfigError(
                 f"model_control must be one of {list(MODEL_CONTROL)}, not {self.model_control!r}"
             )
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be between 1 and 65535, not {self.port}")
+        for name in ("port", "grpc_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 65536:
+                raise ConfigError(f"{name} must be between 1 and 65535, not {value}")
         if self.workers < 1:
             raise ConfigError(f"workers must be ≥ 1, not {self.workers}")
         if (self.tls_cert is None) != (self.tls_key is None):

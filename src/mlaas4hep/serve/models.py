@@ -30,6 +30,10 @@ from mlaas4hep.serve.backends import Backend, load_backend
 from mlaas4hep.serve.batching import BatchingConfig, BatchObserver, DynamicBatcher
 from mlaas4hep.serve.errors import ModelLoadError, ModelNotFound, ServeError, Unavailable
 from mlaas4hep.serve.repository import ModelRepository, ModelVersion, VersionPolicy
+from mlaas4hep.serve.triton_config import ModelConfig, apply_override, parse_model_config
+
+CONFIG_FILE = "config.pbtxt"
+"""Triton's model configuration, beside the version directories."""
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,10 @@ class ModelManager:
         self._failures: dict[Key, LoadFailure] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._fingerprint: str | None = None
+        self.unloaded: set[str] = set()
+        """Models unloaded explicitly (v2 repository API): not served until loaded again."""
+        self.config_overrides: dict[str, str] = {}
+        """Model configurations (JSON) given when a model was loaded over the v2 API."""
 
     # -- requests --------------------------------------------------------
 
@@ -161,7 +169,11 @@ class ModelManager:
         tagged = self.repository.tags(name).get(DEFAULT_TAG)
         if tagged in by_number:
             return [by_number[tagged]]
-        allowed = sorted(self.policy.select(sorted(by_number)), reverse=True)
+        config = self.model_config(name)
+        policy = (
+            config.version_policy if config is not None and config.version_policy else self.policy
+        )
+        allowed = sorted(policy.select(sorted(by_number)), reverse=True)
         older = sorted((n for n in by_number if n not in allowed), reverse=True)
         return [by_number[n] for n in allowed + older]
 
@@ -190,7 +202,9 @@ class ModelManager:
                 self._observer_for(*key) if self._observer_for is not None else None
             )
             run = functools.partial(backend.predict, checked=True)  # checked per request
-            batcher = DynamicBatcher(run, self.batching, self._executor, observer=observer)
+            config = await self._run(self.model_config, version.model)
+            batching = config.batching if config is not None and config.batching else self.batching
+            batcher = DynamicBatcher(run, batching, self._executor, observer=observer)
             served = ServedModel(version, backend, batcher)
             old = self._loaded.pop(key, None)
             self._loaded[key] = served
@@ -201,8 +215,18 @@ class ModelManager:
             return served
 
     def _open(self, version: ModelVersion) -> Backend:
+        config = self.model_config(version.model)
         directory = self.repository.local_dir(version)
-        return open_backend(directory, threads=self.threads, device=self.device)
+        params = config.backend_params() if config is not None else None
+        return open_backend(directory, params=params, threads=self.threads, device=self.device)
+
+    def model_config(self, name: str) -> ModelConfig | None:
+        """The Triton configuration of ``name``: the one given when it was loaded over
+        the v2 API, else its ``config.pbtxt``, else None (blocking: reads the file)."""
+        text = self.repository.read_model_file(name, CONFIG_FILE)
+        written = None if text is None else parse_model_config(text, name)
+        override = self.config_overrides.get(name)
+        return written if override is None else apply_override(written, override, name)
 
     async def _evict(self) -> None:
         while len(self._loaded) > self.cache_size:
@@ -314,11 +338,25 @@ class ModelManager:
         self._executor.shutdown(wait=True)
 
 
-def open_backend(directory: Path, *, threads: int | None = None, device: str = "cpu") -> Backend:
-    """Load the model files in ``directory``; any failure is a :class:`ModelLoadError`."""
+def open_backend(
+    directory: Path,
+    *,
+    params: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> Backend:
+    """Load the model files in ``directory``; any failure is a :class:`ModelLoadError`
+    (or another :class:`ServeError`) whose message names files relative to it:
+    clients never see the server's paths."""
     try:
-        return load_backend(directory, threads=threads, device=device)
-    except ServeError:
-        raise
+        return load_backend(directory, params=params, threads=threads, device=device)
+    except ServeError as error:
+        raise type(error)(_relative(str(error), directory)) from error
     except Exception as error:
-        raise ModelLoadError(f"cannot load the model in {directory.name}: {error}") from error
+        raise ModelLoadError(_relative(f"cannot load the model: {error}", directory)) from error
+
+
+def _relative(message: str, directory: Path) -> str:
+    for prefix in {str(directory.resolve()), str(directory)}:
+        message = message.replace(prefix + "/", "").replace(prefix, ".")
+    return message

@@ -135,6 +135,149 @@ _UPLOAD_BODY = {
 }
 
 
+_V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {
+            "type": "string",
+            "enum": [
+                "BOOL",
+                "UINT8",
+                "UINT16",
+                "UINT32",
+                "UINT64",
+                "INT8",
+                "INT16",
+                "INT32",
+                "INT64",
+                "FP16",
+                "FP32",
+                "FP64",
+                "BF16",
+                "BYTES",
+            ],
+        },
+        "parameters": {
+            "type": "object",
+            "description": "binary_data_size (binary tensor data extension)",
+        },
+        "data": {"type": "array", "description": "Row-major values, flat or nested"},
+    },
+}
+_V2_INFER = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "description": "binary_data_output: answer every output as binary",
+        },
+        "inputs": {"type": "array", "items": _V2_TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
+
+
+def _v2_paths() -> dict[str, Any]:
+    """The Open Inference Protocol v2 (KServe v2) with Triton's extensions."""
+    tag = "Open Inference Protocol v2"
+    infer = _operation(
+        "Inference (JSON, or JSON followed by binary tensors: Inference-Header-Content-Length)",
+        {"200": _ok("Outputs (binary ones after the JSON header)")},
+        tag=tag,
+        body={
+            "required": True,
+            "content": {
+                "application/json": {"schema": _V2_INFER},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    )
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": _operation(
+                "Server metadata and extensions",
+                {"200": _ok("{name, version, extensions}")},
+                tag=tag,
+            )
+        },
+        "/v2/models/stats": {
+            "get": _operation(
+                "Statistics of every loaded model", {"200": _ok("{model_stats}")}, tag=tag
+            )
+        },
+        "/v2/repository/index": {
+            "post": _operation(
+                "Every model version and its state",
+                {"200": _ok("[{name, version, state, reason}]", {"type": "array"})},
+                tag=tag,
+            )
+        },
+        "/v2/repository/models/{model}/load": {
+            "post": _operation(
+                "Load a model; parameters config (JSON) and file:<version>/<name> (base64) upload it",
+                {"200": _ok("{}")},
+                tag=tag,
+                parameters=[_MODEL],
+                scope="write",
+            )
+        },
+        "/v2/repository/models/{model}/unload": {
+            "post": _operation(
+                "Unload a model", {"200": _ok("{}")}, tag=tag, parameters=[_MODEL], scope="write"
+            )
+        },
+    }
+    for base, parameters in (
+        ("/v2/models/{model}", [_MODEL]),
+        ("/v2/models/{model}/versions/{version}", [_MODEL, _VERSION]),
+    ):
+        paths[base] = {
+            "get": _operation(
+                "Model metadata: versions, platform, inputs, outputs",
+                {"200": _ok("Model metadata")},
+                tag=tag,
+                parameters=parameters,
+            )
+        }
+        paths[f"{base}/ready"] = {
+            "get": _operation(
+                "Whether the model is ready (400 when not)",
+                {"200": _ok("{name, ready}")},
+                tag=tag,
+                parameters=parameters,
+            )
+        }
+        paths[f"{base}/config"] = {
+            "get": _operation(
+                "The model configuration, as Triton gives it",
+                {"200": _ok("ModelConfig")},
+                tag=tag,
+                parameters=parameters,
+            )
+        }
+        paths[f"{base}/stats"] = {
+            "get": _operation(
+                "Inference statistics, as Triton gives them",
+                {"200": _ok("{model_stats}")},
+                tag=tag,
+                parameters=parameters,
+            )
+        }
+        paths[f"{base}/infer"] = {"post": {**infer, "parameters": parameters}}
+    return paths
+
+
 @cache
 def openapi_schema() -> dict[str, Any]:
     """The OpenAPI document of the server."""
@@ -306,6 +449,7 @@ def openapi_schema() -> dict[str, Any]:
             )
         },
     }
+    paths.update(_v2_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -336,6 +336,17 @@ class ModelRepository:
             rows = conn.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [dict(row) | {"details": json.loads(row["details"] or "{}")} for row in rows]
 
+    def read_model_file(self, model: str, name: str) -> str | None:
+        """The text of ``<root>/<model>/<name>`` (e.g. Triton's ``config.pbtxt``), if it exists."""
+        model = validate_model_name(model)
+        path = self._join(model, name)
+        try:
+            with self._fs.open(path, "rb") as handle:
+                data: bytes = handle.read()
+        except FileNotFoundError:
+            return None
+        return data.decode("utf-8", "replace")
+
     def local_dir(self, mv: ModelVersion) -> Path:
         """A local directory with the files of ``mv``.
 
@@ -742,7 +753,7 @@ class ModelRepository:
     def _no_model(self, name: str) -> str:
         known = [n for n in self._model_dirs() if n != name]
         listed = ", ".join(known[:20]) + (f", ... ({len(known)} models)" if len(known) > 20 else "")
-        return f"no model named {name!r} in {self.root}; " + (
+        return f"no model named {name!r}; " + (
             f"it has {listed}" if known else "the repository has no models"
         )
 

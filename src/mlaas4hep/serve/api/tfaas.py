@@ -43,8 +43,8 @@ from mlaas4hep.serve.repository import validate_model_name
 from mlaas4hep.serve.state import ServerState
 from mlaas4hep.serve.status import server_status
 
-Reply = tuple[int, bytes, bytes]
-"""(status, body, content type) of a fast-path answer."""
+Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+"""(status, body, content type, extra headers) of a fast-path answer."""
 
 PROTOBUF = b"application/octet-stream"
 _FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
@@ -78,7 +78,7 @@ async def predict_json(state: ServerState, body: bytes) -> Reply:
     """``POST /json``: ``{"keys", "values", "model"}`` → the output row (or rows)."""
     request = parse_json(body)
     _, output = await _predict(state, request)
-    return 200, json_answer(output, request.batched), b"application/json"
+    return 200, json_answer(output, request.batched), b"application/json", []
 
 
 async def predict_proto(state: ServerState, body: bytes) -> Reply:
@@ -86,7 +86,7 @@ async def predict_proto(state: ServerState, body: bytes) -> Reply:
     request = parse_proto(body)
     served, output = await _predict(state, request)
     labels = served.extras["rows"].labels
-    return 200, proto_answer(output, labels), PROTOBUF
+    return 200, proto_answer(output, labels), PROTOBUF, []
 
 
 FAST_ROUTES: dict[str, Callable[[ServerState, bytes], Awaitable[Reply]]] = {
@@ -437,7 +437,7 @@ def _routed(
 
     async def endpoint(request: Request) -> Response:
         _authorize(request, "read")
-        status, payload, content_type = await handler(_state(request), await request.body())
+        status, payload, content_type, _ = await handler(_state(request), await request.body())
         return Response(payload, status_code=status, media_type=content_type.decode())
 
     return endpoint

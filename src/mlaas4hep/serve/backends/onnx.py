@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.serve.backends.base import Backend, TensorInfo, reason
-from mlaas4hep.serve.errors import ModelLoadError
+from mlaas4hep.serve.errors import BadRequest, ModelLoadError
 
 # ONNX Runtime element type names (inside "tensor(...)") by v2 datatype.
 _DATATYPES = {
@@ -77,6 +77,7 @@ class OnnxBackend(Backend):
 
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe: no lock.
+        feeds = {name: _as_text(name, array) for name, array in feeds.items()}
         results = self._session.run(outputs, feeds)
         return {name: np.asarray(result) for name, result in zip(outputs, results, strict=True)}
 
@@ -102,3 +103,16 @@ def _tensor(path: Path, node: Any, role: str) -> TensorInfo:
         raise ModelLoadError(f"{path.name}: {role} {node.name!r} has type {node.type}, not served")
     shape = [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape or []]
     return TensorInfo(node.name, _DATATYPES[element], shape)
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """String tensors as ONNX Runtime takes them: ``str`` objects (BYTES arrive as ``bytes``)."""
+    if array.dtype.kind != "O":
+        return array
+    try:
+        text: np.ndarray = np.vectorize(
+            lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object]
+        )(array)
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: ONNX string tensors must be UTF-8") from None
+    return text
