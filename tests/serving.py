@@ -16,10 +16,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
 from mlaas4hep.testing import free_port
 
-__all__ = ["free_port", "onnx_predict", "running_server", "write_onnx_mlp"]
+__all__ = [
+    "free_port",
+    "half_graph",
+    "onnx_predict",
+    "running_server",
+    "write_graph",
+    "write_onnx_mlp",
+    "write_two_in_two_out",
+]
 
 
 @contextlib.contextmanager
@@ -121,3 +131,40 @@ def onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.asarray(session.run(None, {name: np.asarray(x, dtype=np.float32)})[0])
+
+
+def write_two_in_two_out(directory: Path) -> Path:
+    """ONNX (torch.onnx): inputs a, b [-1, 3]; outputs sum = a + b, product = a * b."""
+    import torch
+
+    class Both(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return a + b, a * b
+
+    directory.mkdir(parents=True)
+    torch.onnx.export(
+        Both(), (torch.zeros(1, 3), torch.zeros(1, 3)), str(directory / "model.onnx"),
+        input_names=["a", "b"], output_names=["sum", "product"],
+        dynamic_axes={n: {0: "batch"} for n in ("a", "b", "sum", "product")}, dynamo=False,
+    )  # fmt: skip
+    return directory
+
+
+def write_graph(directory: Path, graph: onnx.GraphProto) -> Path:
+    directory.mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(directory / "model.onnx"))
+    return directory
+
+
+def half_graph() -> onnx.GraphProto:
+    """Y = 2 X in FP16."""
+    two = helper.make_tensor("two", TensorProto.FLOAT16, [], [2.0])
+    return helper.make_graph(
+        [helper.make_node("Mul", ["X", "two"], ["Y"])],
+        "half",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT16, ["batch", 4])],
+        initializer=[two],
+    )

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,13 +160,7 @@ async def infer(state: ServerState, request: InferRequest) -> InferResponse:
             f"unknown output(s) {unknown} for model {served.name!r}; "
             f"its outputs are {list(outputs_info)}"
         )
-    started = time.perf_counter()
-    failed = True
-    try:
-        results = await served.infer(arrays)
-        failed = False
-    finally:
-        state.metrics.inference(served.name, time.perf_counter() - started, failed=failed)
+    results = await state.infer(served, arrays)
     binary_default = bool(request.parameters.get("binary_data_output", False))
     outputs = []
     for name in wanted:

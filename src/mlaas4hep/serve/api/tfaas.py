@@ -64,13 +64,7 @@ async def _predict(state: ServerState, request: RowRequest) -> tuple[ServedModel
             f"{len(request.values):,} rows is more than the limit of "
             f"{state.settings.max_batch_rows:,} per request"
         )
-    started = time.perf_counter()
-    failed = True
-    try:
-        outputs = await served.infer(layout.inputs(served.name, request), checked=True)
-        failed = False
-    finally:
-        state.metrics.inference(served.name, time.perf_counter() - started, failed=failed)
+    outputs = await state.infer(served, layout.inputs(served.name, request), checked=True)
     return served, outputs[layout.output]
 
 
@@ -128,13 +122,7 @@ async def image(request: Request) -> Response:
     served = await state.models.get(name, version)
     data = await upload.read()
     inputs = image_inputs(data, served.backend)
-    started = time.perf_counter()
-    failed = True
-    try:
-        outputs = await served.infer(inputs)
-        failed = False
-    finally:
-        state.metrics.inference(served.name, time.perf_counter() - started, failed=failed)
+    outputs = await state.infer(served, inputs)
     probabilities = outputs[answer_output(served.backend)].reshape(-1)
     labels = served.backend.labels or [str(i) for i in range(len(probabilities))]
     top = np.argsort(-probabilities, kind="stable")[:5]
