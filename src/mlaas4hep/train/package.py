@@ -8,6 +8,7 @@
       model.pt        the native model (model.keras, model.joblib, model.json)
       features.json   the feature spec: how raw events become the inputs
       labels.txt      one class label per line, in the order of the probability columns
+      preprocess.py   the user preprocessing the spec was computed with (when there was one)
       metrics.json    evaluation metrics (optional)
       plots/          evaluation plots (optional)
 
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep.errors import ConfigError, DataError
+from mlaas4hep.predict.events import EventInputs
 from mlaas4hep.train.export import ExportedModel, TensorInfo, framework_versions, load_native
 from mlaas4hep.transform.spec import FeatureSpec
 
@@ -43,6 +45,7 @@ VERSION = 1
 METADATA = "metadata.json"
 FEATURES = "features.json"
 LABELS = "labels.txt"
+PREPROCESSING = "preprocess.py"
 METRICS = "metrics.json"
 PLOTS = "plots"
 REQUIRED = ("name", "framework", "inputs", "outputs", "labels", "files", "checksums")
@@ -97,6 +100,26 @@ class ModelPackage:
         """
         feeds = self._check_inputs(inputs)
         return np.asarray(self.session.run([self.outputs[0].name], feeds)[0])
+
+    @property
+    def preprocessing_path(self) -> Path | None:
+        """The packaged preprocessing module, or ``None`` when the model was trained without."""
+        name = self.metadata["files"].get("preprocessing")
+        return None if name is None else self.path / str(name)
+
+    def event_inputs(self) -> EventInputs:
+        """How raw events become this model's inputs (its spec and preprocessing).
+
+        The preprocessing module is Python code: load only packages you trust.
+        """
+        names = [i.name for i in self.inputs]
+        return EventInputs.from_package_files(self.spec, names, self.preprocessing_path)
+
+    def predict_events(self, events: Any, *, where: str = "the events") -> np.ndarray:
+        """Class probabilities for raw events (an awkward record array), one row per
+        event; NaN rows for events the preprocessing's selection drops."""
+        prepared = self.event_inputs().prepare(events, where=where)
+        return prepared.scatter(self.predict(prepared.inputs))
 
     def load_native(self) -> Any:
         """The model in its framework (TorchScript module, Keras model, estimator, ...).
@@ -166,6 +189,7 @@ def write_package(
     params: Mapping[str, Any],
     metrics: Mapping[str, Any] | None = None,
     plots: Sequence[str | Path] = (),
+    preprocessing: str | Path | None = None,
 ) -> Path:
     """Write a model package into ``directory`` and return its path.
 
@@ -173,7 +197,9 @@ def write_package(
     may name one class, or two: the column is the probability of the last).
     ``params`` are the training parameters and ``metrics`` the evaluation
     results (non-finite numbers are written as ``null``); ``plots`` are
-    copied into ``plots/``.
+    copied into ``plots/``. ``preprocessing`` is the module the spec was
+    computed with (required when the spec records one; checked by hash), packaged
+    so that raw events can be scored as in training.
 
     An existing package in ``directory`` is replaced, and so is a directory
     that holds only the exported model files; any other non-empty directory
@@ -184,6 +210,7 @@ def write_package(
     labels = [str(label) for label in labels]
     _check_labels(labels, exported)
     plot_files = [Path(p) for p in plots]
+    preprocessing_file = _check_preprocessing(spec, preprocessing)
     for plot in plot_files:
         if not plot.is_file():
             raise ConfigError(f"plot {plot} does not exist")
@@ -204,6 +231,9 @@ def write_package(
         shutil.copyfile(exported.native, staging / files["native"])
         spec.save(staging / FEATURES)
         (staging / LABELS).write_text("".join(f"{label}\n" for label in labels))
+        if preprocessing_file is not None:
+            files["preprocessing"] = PREPROCESSING
+            shutil.copyfile(preprocessing_file, staging / PREPROCESSING)
         if metrics is not None:
             files["metrics"] = METRICS
             _write_json(staging / METRICS, metrics)
@@ -307,6 +337,24 @@ def _check_target(target: Path, exported: ExportedModel) -> None:
         raise ConfigError(
             f"{target} is not empty and not a model package; choose another directory or empty it"
         )
+
+
+def _check_preprocessing(spec: FeatureSpec, preprocessing: str | Path | None) -> Path | None:
+    """The preprocessing file to package: the one the spec records, checked by hash."""
+    if spec.preprocessing is None:
+        if preprocessing is not None:
+            raise ConfigError("the feature spec was computed without preprocessing")
+        return None
+    if preprocessing is None:
+        raise ConfigError(
+            "the feature spec was computed with preprocessing; give its module to package it"
+        )
+    path = Path(preprocessing)
+    if not path.is_file():
+        raise ConfigError(f"preprocessing module {path} does not exist")
+    if _sha256(path) != spec.preprocessing["sha256"]:
+        raise ConfigError(f"{path} is not the preprocessing the feature spec was computed with")
+    return path
 
 
 def _is_package(directory: Path) -> bool:

@@ -271,7 +271,7 @@ def _train(
             "validation": validation,
             "test": events("test"),
         }
-        return _finish(user, fitted, history, spec, evaluated, config, out, warnings)
+        return _finish(user, fitted, history, spec, evaluated, config, out, warnings, preprocessing)
     finally:
         train_events.close()
         if validation is not None:
@@ -352,7 +352,7 @@ def _evaluated_events(train: Sequence[Source]) -> int:
 def _finish(
     user: UserModel, model: Any, history: TrainingHistory, spec: FeatureSpec,
     evaluated: dict[str, EventBatches | None], config: TrainConfig, out: Path,
-    warnings: list[str],
+    warnings: list[str], preprocessing: str | None,
 ) -> TrainResult:  # fmt: skip
     from mlaas4hep.train.plots import write_plots
 
@@ -392,7 +392,10 @@ def _finish(
             weights=final.weights, history=history if history.train_loss else None,
             baseline=curve, baseline_name=f"cut on {baseline['feature']}", name=user.path.stem,
         )  # fmt: skip
-    package = _export(user, model, spec, final.first, config, out, summary, plots)
+    # the package carries the module the spec was made with, to score raw events as here
+    if preprocessing is None and spec.preprocessing is not None:
+        preprocessing = str(spec.preprocessing["path"])
+    package = _export(user, model, spec, final.first, config, out, summary, plots, preprocessing)
     return TrainResult(
         out=out, package=package, framework=user.framework, metrics=summary, splits=metrics,
         baseline=baseline, history=history, warnings=warnings,
@@ -410,7 +413,7 @@ def class_names(classes: int) -> list[str]:
 
 def _export(
     user: UserModel, model: Any, spec: FeatureSpec, batch: NumpyBatch, config: TrainConfig,
-    out: Path, metrics: dict[str, Any], plots: list[Path],
+    out: Path, metrics: dict[str, Any], plots: list[Path], preprocessing: str | None,
 ) -> Path:  # fmt: skip
     from mlaas4hep.train import export
     from mlaas4hep.train.package import load_package, write_package
@@ -434,7 +437,7 @@ def _export(
         package = write_package(
             out / "model", exported, spec=spec, labels=class_names(classes), name=user.path.stem,
             params={"config": config.to_dict(), "model_file": user.path.name, "model_sha256": user.sha256},
-            metrics=metrics, plots=plots,
+            metrics=metrics, plots=plots, preprocessing=preprocessing,
         )  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)

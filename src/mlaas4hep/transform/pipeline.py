@@ -1,6 +1,6 @@
 """From streamed chunks to the arrays a model (or a file) takes, as a feature spec says.
 
-Shared by ``mlaas4hep convert``, the training loaders and (later) the server,
+Shared by ``mlaas4hep convert``, the training loaders, the server and ``mlaas4hep predict``,
 so that every consumer applies exactly the same preprocessing and transform.
 """
 
@@ -64,6 +64,29 @@ def chunk_origin(stream: EventStream, chunk: Chunk) -> str:
     return ", ".join(urls[:3]) + (f" and {len(urls) - 3} more" if len(urls) > 3 else "")
 
 
+def model_arrays(
+    events: ak.Array, spec: FeatureSpec, vector: VectorTransform, *, where: str
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The model's arrays of ``events`` (after preprocessing) and the events each
+    collection clipped: ``x`` and ``mask`` (flat layout), or ``x`` plus
+    ``x_<collection>`` and ``mask_<collection>`` (grouped), and ``images``."""
+    arrays: dict[str, np.ndarray] = {}
+    if spec.layout == "flat":
+        flat = vector.flat(events, where=where)
+        arrays |= {"x": flat.x, "mask": flat.mask}
+        clipped = flat.clipped
+    else:
+        grouped = vector.grouped(events, where=where)
+        arrays["x"] = grouped.flat
+        for name in grouped.collections:
+            arrays[f"x_{name}"] = grouped.collections[name]
+            arrays[f"mask_{name}"] = grouped.masks[name]
+        clipped = grouped.clipped
+    if spec.images is not None:
+        arrays["images"] = make_images(events, ImageSpec.from_dict(spec.images))
+    return arrays, clipped
+
+
 def transform_chunk(
     stream: EventStream,
     chunk: Chunk,
@@ -88,20 +111,7 @@ def transform_chunk(
         if label_branch not in events.fields:
             raise DataError(f"label branch {label_branch!r} is missing in {where}")
         labels = np.asarray(ak.to_numpy(events[label_branch]), dtype=np.float64)
-    arrays: dict[str, np.ndarray] = {}
-    if spec.layout == "flat":
-        flat = vector.flat(events, where=where)
-        arrays |= {"x": flat.x, "mask": flat.mask}
-        clipped = flat.clipped
-    else:
-        grouped = vector.grouped(events, where=where)
-        arrays["x"] = grouped.flat
-        for name in grouped.collections:
-            arrays[f"x_{name}"] = grouped.collections[name]
-            arrays[f"mask_{name}"] = grouped.masks[name]
-        clipped = grouped.clipped
-    if spec.images is not None:
-        arrays["images"] = make_images(events, ImageSpec.from_dict(spec.images))
+    arrays, clipped = model_arrays(events, spec, vector, where=where)
     arrays |= {"label": labels, "weight": chunk.weight}
     for name in chunk.identifiers:
         arrays[name] = np.asarray(ak.to_numpy(events[name]))
