@@ -182,10 +182,20 @@ def _conformed(array: ak.Array, branch: BranchSpec, where: str) -> ak.Array:
         counts = np.asarray(ak.to_numpy(ak.num(array, axis=1), allow_missing=False))
         content = ak.to_numpy(ak.flatten(array, axis=1), allow_missing=False)
     except ValueError as exc:
-        raise DataError(
-            f"branch {branch.name!r} in {where} has missing (null) values: {expected} expected"
-        ) from exc
+        raise DataError(_nulls(array, branch.name, where, expected)) from exc
     return ak.unflatten(_numbers(content, dtype, branch.name, where), counts)
+
+
+def _nulls(array: ak.Array, name: str, where: str, expected: str) -> str:
+    """The message for a branch with missing values (absent in some records, or null)."""
+    absent = np.asarray(ak.to_numpy(ak.is_none(array)))
+    if absent.any():
+        first = int(np.flatnonzero(absent)[0])
+        return (
+            f"branch {name!r} in {where} is missing or null in {int(absent.sum())} of "
+            f"{len(absent)} events (the first: event {first}); {expected} expected"
+        )
+    return f"branch {name!r} in {where} has null entries in its lists; {expected} expected"
 
 
 def _numbers(values: np.ndarray, dtype: np.dtype[np.generic], name: str, where: str) -> np.ndarray:
