@@ -197,6 +197,110 @@ def _package_call(package_dir: StrPath, name: str | None) -> _Call[dict[str, Any
     return _archive_call(_tar_gz(path, name))
 
 
+@dataclass(frozen=True)
+class EventPredictions:
+    """The answer of the ``/events`` endpoints (:meth:`Client.predict_events`).
+
+    ``probabilities`` has one row per event sent (float32, ``[N, K]``), NaN
+    rows for the events the model's preprocessing selection dropped;
+    ``selected`` counts the events kept; ``clipped`` the events whose
+    collection was longer than the model takes, by collection;
+    ``identifiers`` the spec's identifier branches (``run``, ``event``, ...)
+    the events carried, one value per event.
+    """
+
+    model: str
+    version: int
+    probabilities: np.ndarray
+    labels: list[str] | None
+    selected: int
+    clipped: dict[str, int]
+    identifiers: dict[str, np.ndarray]
+
+    @property
+    def events(self) -> int:
+        """How many events were sent."""
+        return int(self.probabilities.shape[0])
+
+
+_EVENTS_FIELDS = frozenset(
+    {"model", "version", "labels", "events", "selected", "clipped", "predictions"}
+)
+
+
+def _events_call(
+    events: Any, model: str, version: int | str | None, tree: str | None
+) -> _Call[EventPredictions]:
+    if not model:
+        raise ConfigError("predict_events needs the model to use")
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version is not None:
+        path += f"/versions/{quote(str(version), safe='')}"
+    path += "/events"
+    if isinstance(events, str | PathLike):
+        file = Path(events)
+        data = _read(file)
+        kind = "application/vnd.apache.parquet" if data[:4] == b"PAR1" else _PROTOBUF
+        form = {"tree": tree} if tree else None
+        return _Call(
+            "POST", path, _event_predictions, data=form, files={"file": (file.name, data, kind)}
+        )
+    if type(events).__module__.partition(".")[0] == "awkward":
+        import awkward as ak  # noqa: PLC0415 - only for awkward arrays, which are loaded
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        buffer = io.BytesIO()
+        try:
+            pq.write_table(ak.to_arrow_table(events), buffer)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"the events cannot be written as Parquet: {error}") from None
+        files = {"file": ("events.parquet", buffer.getvalue(), "application/vnd.apache.parquet")}
+        return _Call("POST", path, _event_predictions, files=files)
+    if isinstance(events, dict | list):
+        try:
+            content = orjson.dumps(events, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError as error:
+            raise ConfigError(f"the events cannot be sent as JSON: {error}") from None
+        return _Call(
+            "POST",
+            path,
+            _event_predictions,
+            content=content,
+            headers={"Content-Type": "application/json"},
+        )
+    raise ConfigError(
+        "events must be a list of records, a dict of columns, an awkward Array or the "
+        f"path of a ROOT or Parquet file, not {type(events).__name__}"
+    )
+
+
+def _event_predictions(response: httpx.Response) -> EventPredictions:
+    answer = _json_object(response)
+    rows = answer.get("predictions")
+    if not isinstance(rows, list):
+        raise _unexpected(response, "event predictions")
+    labels = answer.get("labels")
+    width = next((len(row) for row in rows if row is not None), len(labels or ()))
+    probabilities = np.full((len(rows), width), np.nan, dtype=np.float32)
+    for number, row in enumerate(rows):
+        if row is not None:
+            probabilities[number] = row
+    identifiers = {
+        key: np.asarray(value)
+        for key, value in answer.items()
+        if key not in _EVENTS_FIELDS and isinstance(value, list)
+    }
+    return EventPredictions(
+        model=str(answer.get("model")),
+        version=int(answer.get("version") or 0),
+        probabilities=probabilities,
+        labels=None if labels is None else [str(label) for label in labels],
+        selected=int(answer.get("selected") or 0),
+        clipped={str(k): int(v) for k, v in (answer.get("clipped") or {}).items()},
+        identifiers=identifiers,
+    )
+
+
 def _archive_call(content: bytes) -> _Call[dict[str, Any]]:
     headers = {"Content-Type": "application/octet-stream"}
     if content.startswith(_GZIP):  # what TFaaS's client sends with a .tar.gz bundle
@@ -494,6 +598,24 @@ class Client:
         """
         return self._send(_image_call(image, model))
 
+    def predict_events(
+        self,
+        events: Any,
+        *,
+        model: str,
+        version: int | str | None = None,
+        tree: str | None = None,
+    ) -> EventPredictions:
+        """Score raw events with a model package, via ``/v2/models/{model}/events``.
+
+        ``events`` is a list of records (one dict per event, jagged branches
+        as lists), a dict of columns, an awkward record Array (sent as
+        Parquet) or the path of a ROOT or Parquet file (``tree``: the tree
+        to read from a ROOT file; default the model's, else the only one).
+        The server applies the model's feature spec and preprocessing.
+        """
+        return self._send(_events_call(events, model, version, tree))
+
     def upload(
         self,
         name: str,
@@ -606,6 +728,17 @@ class AsyncClient:
     async def predict_image(self, image: StrPath | bytes, model: str) -> dict[str, Any]:
         """As :meth:`Client.predict_image`."""
         return await self._send(_image_call(image, model))
+
+    async def predict_events(
+        self,
+        events: Any,
+        *,
+        model: str,
+        version: int | str | None = None,
+        tree: str | None = None,
+    ) -> EventPredictions:
+        """As :meth:`Client.predict_events`."""
+        return await self._send(_events_call(events, model, version, tree))
 
     async def upload(
         self,

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlaas4hep import __version__
+from mlaas4hep.serve import events as raw_events
 from mlaas4hep.serve.api import tfaas, v2_rest
 from mlaas4hep.serve.api.tfaas import json_response
 from mlaas4hep.serve.auth import load_authorizer
@@ -57,7 +58,7 @@ log = logging.getLogger("mlaas4hep.serve")
 GRACE_SECONDS = 30.0
 """How long gRPC calls in flight may take to finish at shutdown."""
 
-UPLOAD_PATHS = frozenset({"/upload"})
+UPLOAD_PATHS = frozenset({"/upload", "/predict/events"})
 """Paths whose bodies may be as large as ``max_upload_bytes``."""
 
 _ENDPOINTS = {
@@ -68,6 +69,7 @@ _ENDPOINTS = {
     "/image",
     "/predict/image",
     "/upload",
+    "/predict/events",
     "/delete",
     "/models",
     "/params",
@@ -89,6 +91,10 @@ def endpoint_label(path: str) -> str:
     """The metrics label of a request path (a bounded set of values)."""
     if path in _ENDPOINTS:
         return path
+    if raw_events.is_events_path(path):
+        if "/versions/" in path:
+            return "/v2/models/{model}/versions/{version}/events"
+        return "/v2/models/{model}/events"
     for prefix, label in _TEMPLATES:
         if path.startswith(prefix):
             return label
@@ -102,7 +108,12 @@ class MlaasApp:
         self.state = state
         self._fast = tfaas.FAST_ROUTES
         self._router = Starlette(
-            routes=[*tfaas.routes(), *v2_rest.routes(), *self._own_routes()],
+            routes=[
+                *tfaas.routes(),
+                *v2_rest.routes(),
+                *raw_events.routes(),
+                *self._own_routes(),
+            ],
             exception_handlers={ServeError: _serve_error, HTTPException: _http_error},
             lifespan=self._lifespan,
         )
@@ -190,8 +201,10 @@ class MlaasApp:
 
     def _limit(self, path: str) -> int:
         settings = self.state.settings
-        uploads = path in UPLOAD_PATHS or (
-            path.startswith("/v2/repository/models/") and path.endswith("/load")
+        uploads = (
+            path in UPLOAD_PATHS
+            or (path.startswith("/v2/repository/models/") and path.endswith("/load"))
+            or raw_events.is_events_path(path)
         )
         return settings.max_upload_bytes if uploads else settings.max_request_bytes
 

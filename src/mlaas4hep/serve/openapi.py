@@ -278,6 +278,50 @@ def _v2_paths() -> dict[str, Any]:
     return paths
 
 
+_EVENTS_BODY = {
+    "required": True,
+    "description": (
+        "Raw events: a JSON list of records (one object per event), a JSON object of "
+        "columns, or a multipart form with a ROOT or Parquet 'file' (and optional 'tree')"
+    ),
+    "content": {
+        _JSON: {
+            "schema": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "object"}},
+                    {"type": "object", "additionalProperties": {"type": "array"}},
+                ]
+            }
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "tree": {"type": "string"},
+                    "model": {"type": "string"},
+                },
+            }
+        },
+    },
+}
+_EVENTS_ANSWER = _ok(
+    "{model, version, labels, events, selected, clipped, predictions (one row per event, "
+    "null for events the selection drops), and the identifier branches (run, event, ...)}"
+)
+
+
+def _events_operation(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return _operation(
+        "Predict from raw events with a model package's feature spec and preprocessing",
+        {"200": _EVENTS_ANSWER},
+        tag="Events",
+        body=_EVENTS_BODY,
+        parameters=parameters,
+    )
+
+
 @cache
 def openapi_schema() -> dict[str, Any]:
     """The OpenAPI document of the server."""
@@ -450,6 +494,18 @@ def openapi_schema() -> dict[str, Any]:
         },
     }
     paths.update(_v2_paths())
+    model_query = {
+        "name": "model",
+        "in": "query",
+        "required": False,
+        "description": "Model name, optionally name:version (or a 'model' form field)",
+        "schema": {"type": "string"},
+    }
+    paths["/predict/events"] = {"post": _events_operation([model_query])}
+    paths["/v2/models/{model}/events"] = {"post": _events_operation([_MODEL])}
+    paths["/v2/models/{model}/versions/{version}/events"] = {
+        "post": _events_operation([_MODEL, _VERSION])
+    }
     return {
         "openapi": "3.1.0",
         "info": {

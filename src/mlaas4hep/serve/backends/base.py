@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from mlaas4hep.serve.errors import BadRequest, ServeError, Unavailable
 from mlaas4hep.train.export import TensorInfo
+
+if TYPE_CHECKING:
+    from mlaas4hep.predict.events import EventInputs
 
 NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
@@ -79,6 +82,8 @@ class Backend(abc.ABC):
         self.labels: list[str] | None = None
         self.feature_names: list[str] | None = None
         self.metadata: dict[str, Any] = {}
+        self.event_inputs: EventInputs | None = None
+        """How raw events become this model's inputs; model packages only."""
         self._unknown_rank = frozenset(unknown_rank)
         self._aliases = dict(aliases or {})
         self._closed = False

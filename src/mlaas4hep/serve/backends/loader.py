@@ -128,6 +128,13 @@ def _load_package(directory: Path, threads: int | None, device: str) -> Backend:
     columns = package.metadata.get("columns")
     if len(backend.inputs) == 1 and len(backend.inputs[0].shape) == 2 and columns:
         backend.feature_names = [str(column) for column in columns]
+    try:
+        backend.event_inputs = package.event_inputs()  # runs the packaged preprocess.py
+    except Exception as error:
+        backend.close()
+        raise ModelLoadError(
+            f"the model package's feature spec or preprocessing cannot be loaded: {error}"
+        ) from error
     return backend
 
 

@@ -1,0 +1,245 @@
+"""Raw events in, predictions out: the ``/events`` endpoints.
+
+``POST /v2/models/{model}[/versions/{version}]/events`` and ``POST
+/predict/events`` (the model named by the ``model`` query parameter or form
+field, ``name`` or ``name:version``) take events as they are in NanoAOD and
+score them with a model package, which carries its feature spec and
+preprocessing (:class:`~mlaas4hep.predict.events.EventInputs`). The body is
+
+* a JSON list of records, one per event: ``[{"Jet_pt": [..], "MET_pt": 41.2}, ...]``;
+* a JSON object of columns: ``{"Jet_pt": [[..], [..]], "MET_pt": [..]}``;
+* a multipart form whose ``file`` part is a Parquet or ROOT file (optional
+  ``tree`` field: by default the spec's tree, else the file's only tree).
+
+The answer has one prediction row per event given (``null`` for the events
+the preprocessing's selection drops), the labels, how many events were kept
+and clipped, and the spec's identifier branches (``run``, ``event``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlaas4hep.errors import MlaasError
+from mlaas4hep.predict.events import EventInputs, PreparedEvents
+from mlaas4hep.serve.api.tfaas import json_response
+from mlaas4hep.serve.api.tfaas_rows import split_model
+from mlaas4hep.serve.errors import BadRequest, ServeError
+from mlaas4hep.serve.models import ServedModel
+from mlaas4hep.serve.state import ServerState
+
+PARQUET_MAGIC = b"PAR1"
+ROOT_MAGIC = b"root"
+_TREE_CLASSES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
+
+
+def is_events_path(path: str) -> bool:
+    """Whether ``path`` is one of the events endpoints (their bodies may be files)."""
+    return path == "/predict/events" or (
+        path.startswith("/v2/models/") and path.endswith("/events")
+    )
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.mlaas
+    return state
+
+
+async def v2_events(request: Request) -> Response:
+    """``POST /v2/models/{model}[/versions/{version}]/events``."""
+    state = _state(request)
+    state.authorize(request.headers.get("authorization"), "read")
+    name = request.path_params["model"]
+    version = request.path_params.get("version")
+    return await _answer(state, request, name, version)
+
+
+async def predict_events(request: Request) -> Response:
+    """``POST /predict/events?model=name[:version]`` (or a ``model`` form field)."""
+    state = _state(request)
+    state.authorize(request.headers.get("authorization"), "read")
+    name, version = split_model(request.query_params.get("model"))
+    return await _answer(state, request, name, version)
+
+
+async def _answer(
+    state: ServerState, request: Request, name: str | None, version: str | None
+) -> Response:
+    content_type = request.headers.get("content-type", "")
+    tree: str | None = None
+    data: bytes
+    upload = False
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=8)
+        try:
+            part = form.get("file")
+            if not isinstance(part, UploadFile):
+                raise BadRequest("the form has no 'file' part (a ROOT or Parquet file)")
+            tree = _text(form.get("tree"))
+            if name is None:
+                name, version = split_model(_text(form.get("model")))
+            data = await part.read()
+        finally:
+            await form.close()
+        upload = True
+    else:
+        data = await request.body()
+    served = await state.models.get(name, version)
+    event_inputs = served.backend.event_inputs
+    if event_inputs is None:
+        raise BadRequest(f"model {served.name!r} has no feature spec; send tensors to /infer")
+    prepared = await asyncio.to_thread(_prepare, event_inputs, data, upload, tree)
+    if prepared.rows > state.settings.max_batch_rows:
+        raise BadRequest(
+            f"{prepared.rows:,} selected events is more than the limit of "
+            f"{state.settings.max_batch_rows:,} per request"
+        )
+    output = served.backend.outputs[0]
+    if prepared.rows:
+        outputs = await state.infer(served, prepared.inputs)
+        values = np.asarray(outputs[output.name], dtype=np.float32)
+    else:
+        width = [d if d > 0 else 1 for d in output.shape[1:]]
+        values = np.zeros((0, *width), dtype=np.float32)
+    return json_response(_document(served, prepared, values))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, UploadFile):
+        raise BadRequest(f"form field {value.filename!r} must be text, not a file")
+    return str(value) or None
+
+
+def _prepare(
+    event_inputs: EventInputs, data: bytes, upload: bool, tree: str | None
+) -> PreparedEvents:
+    """Parse the body and build the model's inputs (in a worker thread)."""
+    if upload:
+        events, where = _file_events(event_inputs, data, tree)
+    else:
+        events, where = _json_events(data), "the events"
+    try:
+        return event_inputs.prepare(events, where=where)
+    except ServeError:
+        raise
+    except MlaasError as error:
+        raise BadRequest(str(error)) from None
+
+
+def _json_events(data: bytes) -> ak.Array:
+    """Events from a JSON list of records or a JSON object of columns."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from None
+    try:
+        if isinstance(document, list):
+            if not all(isinstance(item, dict) for item in document):
+                raise BadRequest("a list of events must hold one JSON object per event")
+            return ak.from_iter(document)
+        if isinstance(document, dict):
+            columns = {key: ak.from_iter(value) for key, value in document.items()}
+            bad = [key for key, value in document.items() if not isinstance(value, list)]
+            if bad:
+                raise BadRequest(f"columns {bad} must be lists, one entry per event")
+            lengths = {key: len(column) for key, column in columns.items()}
+            if len(set(lengths.values())) > 1:
+                raise BadRequest(f"the columns have different lengths: {lengths}")
+            if not columns:
+                raise BadRequest("the body holds no columns")
+            return ak.zip(columns, depth_limit=1)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, BadRequest):
+            raise
+        raise BadRequest(f"the events cannot be read: {error}") from None
+    raise BadRequest("the body must be a JSON list of events (objects) or a JSON object of columns")
+
+
+def _file_events(event_inputs: EventInputs, data: bytes, tree: str | None) -> tuple[ak.Array, str]:
+    """Events from an uploaded Parquet or ROOT file: only the branches the model needs."""
+    wanted = [*event_inputs.branches, *event_inputs.spec.identifiers]
+    if data[:4] == PARQUET_MAGIC:
+        return _parquet_events(data, wanted), "the Parquet file"
+    if data[:4] == ROOT_MAGIC:
+        return _root_events(data, wanted, tree or event_inputs.spec.tree)
+    raise BadRequest("the uploaded file is neither a Parquet nor a ROOT file")
+
+
+def _parquet_events(data: bytes, wanted: list[str]) -> ak.Array:
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415 - on use
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        present = set(parquet.schema_arrow.names)
+        columns = [name for name in dict.fromkeys(wanted) if name in present]
+        table = parquet.read(columns=columns or None)
+        events = ak.from_arrow(table)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
+        raise BadRequest(f"the Parquet file cannot be read: {error}") from None
+    return ak.Array(events)
+
+
+def _root_events(data: bytes, wanted: list[str], tree: str | None) -> tuple[ak.Array, str]:
+    import uproot  # noqa: PLC0415 - imported on use: slow to import
+
+    try:
+        file = uproot.open(io.BytesIO(data))
+        classes = file.classnames(cycle=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
+        raise BadRequest(f"the ROOT file cannot be read: {error}") from None
+    trees = sorted({key for key, cls in classes.items() if cls in _TREE_CLASSES})
+    if tree is None:
+        if len(trees) != 1:
+            raise BadRequest(f"name the tree to read (form field 'tree'): the file holds {trees}")
+        tree = trees[0]
+    if tree not in trees:
+        raise BadRequest(f"the ROOT file has no tree {tree!r}; it holds {trees}")
+    try:
+        source = file[tree]
+        present = set(source.keys())
+        branches = [name for name in dict.fromkeys(wanted) if name in present]
+        events = source.arrays(branches, library="ak")
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
+        raise BadRequest(f"tree {tree!r} of the ROOT file cannot be read: {error}") from None
+    return events, f"tree {tree!r}"
+
+
+def _document(served: ServedModel, prepared: PreparedEvents, values: np.ndarray) -> dict[str, Any]:
+    rows: list[Any] = prepared.scatter(values.reshape(values.shape[0], -1)).tolist()
+    if prepared.selected is not None:
+        kept = prepared.selected.tolist()
+        rows = [row if keep else None for row, keep in zip(rows, kept, strict=True)]
+    document: dict[str, Any] = {
+        "model": served.name,
+        "version": served.version.version,
+        "labels": served.backend.labels,
+        "events": prepared.events,
+        "selected": prepared.rows,
+        "clipped": prepared.clipped,
+        "predictions": rows,
+    }
+    for name, values_ in prepared.identifiers.items():
+        if name not in document:
+            document[name] = values_.tolist()
+    return document
+
+
+def routes() -> list[Route]:
+    """The events endpoints."""
+    return [
+        Route("/v2/models/{model}/events", v2_events, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/events", v2_events, methods=["POST"]),
+        Route("/predict/events", predict_events, methods=["POST"]),
+    ]
