@@ -418,6 +418,67 @@ def convert(
     )
 
 
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="The model package directory (from train).")],
+    files: Annotated[
+        list[str],
+        typer.Option(help="Files, globs, directories or files.txt lists to score (repeatable)."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="scores.parquet (one file) or a directory of ROOT friend trees."
+        ),
+    ],
+    tree: Tree = None,
+    redirector: Redirector = None,
+    step_size: StepSize = "100 MB",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Local dask worker processes (1: in this process).")
+    ] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="A dask.distributed scheduler address (tcp://host:8786).")
+    ] = None,
+    entries_per_task: Annotated[
+        int | None, typer.Option(min=1, help="Split big files into tasks of this many entries.")
+    ] = None,
+) -> None:
+    """Score ROOT files with a model package: Parquet scores or ROOT friend trees."""
+    from rich.progress import Progress
+
+    from mlaas4hep.predict.batch import predict_files, resolve_inputs
+    from mlaas4hep.train.package import load_package
+
+    if "@" in model and not Path(model).exists():
+        fail(f"--model {model}: scoring through a server (NAME@URL) is not supported yet")
+    load_package(model).event_inputs()  # a bad package fails before the progress bar
+    sources = resolve_inputs(files, redirector=redirector)
+    with Progress(console=console) as progress:
+        task = progress.add_task("scoring", total=None)
+        report = predict_files(
+            sources,
+            model,
+            out,
+            tree=tree,
+            step_size=_step(step_size),
+            scheduler=scheduler,
+            workers=workers,
+            entries_per_task=entries_per_task,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    stdout.print(
+        f"{report.events:,} events in {report.files} files ({report.tasks} tasks) scored in "
+        f"{report.seconds:.1f} s ({report.events_per_second:,.0f} events/s) -> {out}; "
+        f"{len(report.failures)} failed",
+        highlight=False,
+    )
+    for failure in report.failures:
+        console.print(f"[bold red]failed:[/] {failure.file}: {failure.message}", highlight=False)
+    if report.failures:
+        fail(f"{len(report.failures)} of {len(sources)} files could not be scored")
+
+
 def _labels_option(value: str | None) -> tuple[str | list[str] | None, str | None]:
     """MLaaS4HEP's --labels: a labels file, a comma list, one value, or a branch name."""
     if value is None:

@@ -1,0 +1,246 @@
+"""Batch inference: ``predict_files`` and ``mlaas4hep predict``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import uproot
+
+from mlaas4hep.data.sources import resolve_sources
+from mlaas4hep.predict.batch import FRIEND_TREE, predict_files
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ["signal_0.root", "signal_1.root", "background_0.root", "background_1.root"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlaas4hep.datasets import generate_dataset
+
+    folder = tmp_path_factory.mktemp("predict-data")
+    generate_dataset(folder, n_events=3000, n_files=2, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def package(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlaas4hep.train.config import TrainConfig
+    from mlaas4hep.train.workflow import train
+
+    out = tmp_path_factory.mktemp("predict-run") / "run"
+    result = train(
+        str(data / "files.txt"),
+        str(data / "labels.txt"),
+        ROOT / "examples" / "mlp.py",
+        config=TrainConfig(
+            branches="Jet_pt,Jet_eta,MET_pt,nJet", epochs=1, step_size=4000, plots=False
+        ),
+        out=out,
+    )
+    assert result is not None
+    return Path(result.package)
+
+
+def _inputs(data: Path) -> list[str]:
+    return [str(data / name) for name in FILES]
+
+
+def _expected(package: Path, path: str) -> np.ndarray:
+    """Scores computed independently: uproot, VectorTransform, an ONNX Runtime session."""
+    import onnxruntime as ort
+
+    from mlaas4hep.train.package import load_package
+    from mlaas4hep.transform.vector import VectorTransform
+
+    loaded = load_package(package)
+    with uproot.open(path) as f:
+        events = f["Events"].arrays(loaded.spec.source_branches)
+    tensors = VectorTransform(loaded.spec).flat(events)
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    available = {"x": tensors.x, "mask": tensors.mask}
+    feeds = {i.name: available[i.name].astype(np.float32) for i in session.get_inputs()}
+    return np.asarray(session.run(None, feeds)[0])
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    """A Parquet output as numpy columns (``file`` as strings)."""
+    table = pq.read_table(path)
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        columns[name] = np.array(column.to_pylist()) if name == "file" else column.to_numpy()
+    return columns
+
+
+def _events(path: str) -> np.ndarray:
+    with uproot.open(path) as f:
+        return np.asarray(f["Events"]["event"].array(library="np"))
+
+
+@pytest.fixture(scope="module")
+def parquet_local(data: Path, package: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("predict-out") / "scores.parquet"
+    report = predict_files(resolve_sources(_inputs(data)), package, out, step_size=700)
+    return report, _read(out)
+
+
+def test_parquet_aligned_and_equal_to_independent_scores(
+    data: Path, package: Path, parquet_local
+) -> None:  # type: ignore[no-untyped-def]
+    report, table = parquet_local
+    assert report.ok
+    assert report.files == 4
+    assert report.tasks == 4
+    assert report.events == len(table["entry"])
+    assert list(table)[:2] == ["file", "entry"]
+    assert {"run", "luminosityBlock", "event", "score_signal", "score_background"} <= set(table)
+    assert table["score_signal"].dtype == np.float32
+    for path in _inputs(data):
+        mine = table["file"] == path
+        rows = {name: column[mine] for name, column in table.items()}
+        events = _events(path)
+        np.testing.assert_array_equal(rows["entry"], np.arange(len(events)))
+        np.testing.assert_array_equal(rows["event"], events)
+        expected = _expected(package, path)
+        from mlaas4hep.train.package import load_package
+
+        labels = load_package(package).labels
+        got = np.stack([rows[f"score_{label}"] for label in labels], axis=1)
+        if expected.shape[1] == 1:
+            got = got[:, -1:]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_root_friend_trees(data: Path, package: Path, tmp_path: Path) -> None:
+    report = predict_files(resolve_sources(_inputs(data)), package, tmp_path / "friends")
+    assert report.ok
+    assert len(report.outputs) == 4
+    for path in _inputs(data):
+        friend_path = tmp_path / "friends" / Path(path).name
+        with uproot.open(friend_path) as f, uproot.open(path) as g:
+            friend, tree = f[FRIEND_TREE], g["Events"]
+            assert friend.classname == "TTree"
+            assert friend.num_entries == tree.num_entries
+            np.testing.assert_array_equal(
+                friend["event"].array(library="np"), tree["event"].array(library="np")
+            )
+            assert friend["score_signal"].array(library="np").dtype == np.float32
+
+
+def test_dask_matches_in_process(data: Path, package: Path, parquet_local, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("distributed")
+    _, local = parquet_local
+    out = tmp_path / "dask.parquet"
+    done: list[tuple[int, int]] = []
+    report = predict_files(
+        resolve_sources(_inputs(data)),
+        package,
+        out,
+        step_size=700,
+        workers=2,
+        entries_per_task=1000,
+        progress=lambda d, t: done.append((d, t)),
+    )
+    assert report.ok
+    assert report.tasks > 4
+    assert done[-1] == (report.tasks, report.tasks)
+    table = _read(out)
+    assert list(table) == list(local)
+    for name, column in local.items():
+        np.testing.assert_array_equal(table[name], column)
+
+
+def test_bad_files_are_reported(data: Path, package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.root"
+    bad.write_text("not a ROOT file\n")
+    inputs = [_inputs(data)[0], str(bad), _inputs(data)[2]]
+    sources = resolve_sources(inputs)
+    report = predict_files(sources, package, tmp_path / "scores.parquet")
+    assert not report.ok
+    assert report.files == 2
+    assert [f.file for f in report.failures] == [str(bad)]
+    table = _read(tmp_path / "scores.parquet")
+    assert set(table["file"]) == {inputs[0], inputs[2]}
+    # the same with entry splitting (the file cannot even be counted)
+    report = predict_files(sources, package, tmp_path / "split", entries_per_task=1000)
+    assert [f.file for f in report.failures] == [str(bad)]
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted(
+        Path(p).name for p in (inputs[0], inputs[2])
+    )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlaas4hep", "predict", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli(data: Path, package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.parquet"
+    done = _cli("--model", str(package), "--files", str(data / "files.txt"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "4 files" in done.stdout
+    assert "events/s" in done.stdout
+    assert pq.read_table(out).num_rows > 0
+
+    bad = _cli("--model", str(data), "--files", str(data / "files.txt"), "--out", str(out))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error:")
+    assert "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+    missing = tmp_path / "missing.root"
+    partial = _cli(
+        "--model", str(package), "--files", str(data / "signal_0.root"), "--files",
+        str(missing), "--out", str(tmp_path / "partial.parquet"),
+    )  # fmt: skip
+    assert partial.returncode == 2
+    assert str(missing) in partial.stderr
+    assert "Traceback" not in partial.stderr
+    assert (tmp_path / "partial.parquet").exists()
+
+
+def test_selection_column(data: Path, tmp_path: Path) -> None:
+    """With a selection, dropped events keep their row: selected False, NaN scores."""
+    from mlaas4hep.train.config import TrainConfig
+    from mlaas4hep.train.package import load_package
+    from mlaas4hep.train.workflow import train
+
+    preproc = tmp_path / "preproc.py"
+    preproc.write_text("def selection(events):\n    return events.nJet >= 5\n")
+    result = train(
+        str(data / "files.txt"),
+        str(data / "labels.txt"),
+        ROOT / "examples" / "mlp.py",
+        config=TrainConfig(branches="Jet_pt,MET_pt,nJet", epochs=1, step_size=4000, plots=False),
+        out=tmp_path / "run",
+        preproc=preproc,
+    )
+    assert result is not None
+    path = _inputs(data)[0]
+    report = predict_files(
+        resolve_sources([path]), result.package, tmp_path / "friends", step_size=400
+    )
+    assert report.ok
+    with uproot.open(tmp_path / "friends" / Path(path).name) as f, uproot.open(path) as g:
+        friend = f[FRIEND_TREE].arrays(library="np")
+        n_jet = g["Events"]["nJet"].array(library="np")
+    np.testing.assert_array_equal(friend["selected"], n_jet >= 5)
+    assert 0 < friend["selected"].sum() < len(n_jet)
+    label = load_package(result.package).labels[-1]
+    scores = friend[f"score_{label}"]
+    assert np.isnan(scores[~friend["selected"]]).all()
+    assert np.isfinite(scores[friend["selected"]]).all()
