@@ -73,6 +73,20 @@ BUCKET = "hep-data"
 
 
 @pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """The address of a running dask scheduler with two worker processes."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
 def s3_bucket() -> Iterator[object]:
     """An S3 endpoint with one bucket; clients find it through AWS_ENDPOINT_URL."""
     port = free_port()

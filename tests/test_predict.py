@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,13 @@ pytest.importorskip("torch")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import uproot
+from serving import running_server
 
+from mlaas4hep.client import Client
 from mlaas4hep.data.sources import resolve_sources
+from mlaas4hep.errors import ConfigError
 from mlaas4hep.predict.batch import FRIEND_TREE, predict_files
+from mlaas4hep.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["signal_0.root", "signal_1.root", "background_0.root", "background_1.root"]
@@ -137,7 +142,6 @@ def test_root_friend_trees(data: Path, package: Path, tmp_path: Path) -> None:
 
 
 def test_dask_matches_in_process(data: Path, package: Path, parquet_local, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("distributed")
     _, local = parquet_local
     out = tmp_path / "dask.parquet"
     done: list[tuple[int, int]] = []
@@ -157,6 +161,51 @@ def test_dask_matches_in_process(data: Path, package: Path, parquet_local, tmp_p
     assert list(table) == list(local)
     for name, column in local.items():
         np.testing.assert_array_equal(table[name], column)
+
+
+@pytest.fixture(scope="module")
+def server(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server holding the package as model ``mlp``; at most 500 events per request."""
+    folder = tmp_path_factory.mktemp("predict-server")
+    (folder / "server.yaml").write_text("max_batch_rows: 500\n")
+    with running_server(folder / "repository", "--config", str(folder / "server.yaml")) as url:
+        with Client(url, timeout=60) as client:
+            client.upload_package(package, name="mlp")
+        yield url
+
+
+def test_through_a_server_equals_in_process(  # type: ignore[no-untyped-def]
+    data: Path, server: str, parquet_local, dask_scheduler: str, tmp_path: Path
+) -> None:
+    """NAME@URL: the server applies the spec; chunks of 700 go as requests of <= 500."""
+    _, local = parquet_local
+    for name, where in (("in-process", None), ("dask", dask_scheduler)):
+        out = tmp_path / f"{name}.parquet"
+        sources = resolve_sources(_inputs(data))
+        report = predict_files(sources, f"mlp@{server}", out, step_size=700, scheduler=where)
+        assert report.ok, report.failures
+        table = _read(out)
+        assert list(table) == list(local)
+        for column in ("file", "entry", "run", "luminosityBlock", "event"):
+            np.testing.assert_array_equal(table[column], local[column])
+        for column in (c for c in local if c.startswith("score_")):
+            np.testing.assert_allclose(table[column], local[column], atol=1e-6)
+
+
+def test_server_model_errors(data: Path, server: str, tmp_path: Path) -> None:
+    sources = resolve_sources(_inputs(data)[:1])
+    with pytest.raises(ConfigError, match=r"model nothere@http.*404.*nothere"):
+        predict_files(sources, f"nothere@{server}", tmp_path / "x.parquet")
+    with pytest.raises(ConfigError, match=r"model mlp:7@.*version"):
+        predict_files(sources, f"mlp:7@{server}", tmp_path / "x.parquet")
+    done = _cli("--model", f"nothere@{server}", "--files", _inputs(data)[0], "--out", "x.parquet")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: model nothere@")
+    assert "Traceback" not in done.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match=f"model mlp@{nobody}"):
+        predict_files(sources, f"mlp@{nobody}", tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_bad_files_are_reported(data: Path, package: Path, tmp_path: Path) -> None:
@@ -213,7 +262,7 @@ def test_cli(data: Path, package: Path, tmp_path: Path) -> None:
     assert (tmp_path / "partial.parquet").exists()
 
 
-def test_selection_column(data: Path, tmp_path: Path) -> None:
+def test_selection_column(data: Path, server: str, tmp_path: Path) -> None:
     """With a selection, dropped events keep their row: selected False, NaN scores."""
     from mlaas4hep.train.config import TrainConfig
     from mlaas4hep.train.package import load_package
@@ -244,3 +293,15 @@ def test_selection_column(data: Path, tmp_path: Path) -> None:
     scores = friend[f"score_{label}"]
     assert np.isnan(scores[~friend["selected"]]).all()
     assert np.isfinite(scores[friend["selected"]]).all()
+
+    # the same through the server, with the command line
+    with Client(server, timeout=60) as client:
+        client.upload_package(result.package, name="selecting")
+    remote = tmp_path / "remote"
+    done = _cli("--model", f"selecting@{server}", "--files", path, "--out", str(remote))
+    assert done.returncode == 0, done.stderr
+    with uproot.open(remote / Path(path).name) as f:
+        served = f[FRIEND_TREE].arrays(library="np")
+    assert sorted(served) == sorted(friend)
+    np.testing.assert_array_equal(served["selected"], friend["selected"])
+    np.testing.assert_allclose(served[f"score_{label}"], scores, atol=1e-6)

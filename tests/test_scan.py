@@ -13,6 +13,7 @@ from helpers import write_indexed
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.errors import ConfigError, DataError
+from mlaas4hep.testing import free_port
 from mlaas4hep.transform.preprocess import PreprocessError
 from mlaas4hep.transform.scan import ScanOptions, scan
 from mlaas4hep.transform.spec import FeatureSpec
@@ -43,6 +44,22 @@ def test_parallel_scan_equals_serial(files: list[Path]) -> None:
             )
         ).tolist()
     )
+
+
+def test_scan_on_a_dask_scheduler(files: list[Path], dask_scheduler: str) -> None:
+    sources = resolve_sources([str(f) for f in files])
+    serial, _ = scan(sources, SELECT)
+    distributed, report = scan(sources, SELECT, scheduler=dask_scheduler)
+    assert distributed.to_dict() == serial.to_dict()
+    assert report.events == 700 + 1000 + 1300
+
+
+def test_unreachable_scheduler_is_a_clear_error(files: list[Path]) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(
+        ConfigError, match=f"cannot reach the dask scheduler tcp://127.0.0.1:{port}"
+    ):
+        scan(resolve_sources(str(files[0])), SELECT, scheduler=f"tcp://127.0.0.1:{port}")
 
 
 def test_data_hash_identifies_the_data_not_the_path(files: list[Path], tmp_path: Path) -> None:

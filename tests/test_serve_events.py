@@ -277,6 +277,25 @@ def test_model_without_a_feature_spec(server: str, client: Client, tmp_path: Pat
     client.upload("plain", tmp_path / "model.onnx")
     message = _error(_post(server, [_record()], path="/v2/models/plain/events"))
     assert "no feature spec" in message
+    assert "no feature spec" in _error(httpx.get(f"{server}/v2/models/plain/events"))
+
+
+def test_what_the_model_takes(client: Client, package: Path) -> None:
+    from mlaas4hep.train.package import load_package
+
+    loaded = load_package(package)
+    described = client.events_metadata(MODEL)
+    assert described["model"] == MODEL
+    assert described["version"] == 1
+    assert described["labels"] == loaded.labels
+    assert sorted(described["branches"]) == sorted(NEEDED)
+    assert described["identifiers"] == list(loaded.spec.identifiers)
+    assert described["selection"] is True
+    assert described["max_events"] >= 1000
+    assert client.events_metadata(MODEL, version=1) == described
+    with pytest.raises(ServerError) as error:
+        client.events_metadata(MODEL, version=9)
+    assert error.value.status == 404
 
 
 # -- the client -------------------------------------------------------------------
@@ -286,6 +305,7 @@ def _check_client(answer: EventPredictions, expected: np.ndarray, events: ak.Arr
     assert answer.probabilities.dtype == np.float32
     np.testing.assert_allclose(answer.probabilities, expected, rtol=1e-5, atol=1e-6)
     assert answer.selected == int(np.isfinite(expected[:, 0]).sum())
+    np.testing.assert_array_equal(answer.kept, np.isfinite(expected[:, 0]))
     np.testing.assert_array_equal(answer.identifiers["event"], np.asarray(events.event))
     assert answer.labels is not None
 

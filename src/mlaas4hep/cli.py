@@ -142,6 +142,13 @@ Preproc = Annotated[
 ]
 Nevts = Annotated[int, typer.Option(help="Events to read in all (-1 = all).")]
 StepSize = Annotated[str, typer.Option(help="Events per chunk, or a size such as '100 MB'.")]
+Workers = Annotated[
+    int,
+    typer.Option(min=1, help="Local dask worker processes, one task each (1: in this process)."),
+]
+Scheduler = Annotated[
+    str | None, typer.Option(help="The address of a dask.distributed scheduler (tcp://host:8786).")
+]
 Branches = Annotated[
     str | None, typer.Option(help="Feature branches: comma list, wildcards, re:regex.")
 ]
@@ -293,7 +300,8 @@ def scan(
     preproc: Preproc = None,
     nevts: Nevts = -1,
     step_size: StepSize = "100 MB",
-    workers: Annotated[int, typer.Option(min=1, help="Files scanned in parallel processes.")] = 1,
+    workers: Workers = 1,
+    scheduler: Scheduler = None,
     length: Annotated[
         str, typer.Option(help="Jagged length: max, a quantile such as q0.95, or a number.")
     ] = "max",
@@ -347,6 +355,7 @@ def scan(
             nevts=nevts,
             step_size=_step(step_size),
             workers=workers,
+            scheduler=scheduler,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if images is not None:
@@ -420,7 +429,10 @@ def convert(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Option(help="The model package directory (from train).")],
+    model: Annotated[
+        str,
+        typer.Option(help="A model package directory, or NAME[:VERSION]@URL on a server."),
+    ],
     files: Annotated[
         list[str],
         typer.Option(help="Files, globs, directories or files.txt lists to score (repeatable)."),
@@ -434,31 +446,28 @@ def predict(
     tree: Tree = None,
     redirector: Redirector = None,
     step_size: StepSize = "100 MB",
-    workers: Annotated[
-        int, typer.Option(min=1, help="Local dask worker processes (1: in this process).")
-    ] = 1,
-    scheduler: Annotated[
-        str | None, typer.Option(help="A dask.distributed scheduler address (tcp://host:8786).")
-    ] = None,
+    workers: Workers = 1,
+    scheduler: Scheduler = None,
     entries_per_task: Annotated[
         int | None, typer.Option(min=1, help="Split big files into tasks of this many entries.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MLAAS4HEP_TOKEN", help="Bearer token of the server (NAME@URL)."),
     ] = None,
 ) -> None:
     """Score ROOT files with a model package: Parquet scores or ROOT friend trees."""
     from rich.progress import Progress
 
-    from mlaas4hep.predict.batch import predict_files, resolve_inputs
-    from mlaas4hep.train.package import load_package
+    from mlaas4hep.predict.batch import ModelSource, open_model, predict_files, resolve_inputs
 
-    if "@" in model and not Path(model).exists():
-        fail(f"--model {model}: scoring through a server (NAME@URL) is not supported yet")
-    load_package(model).event_inputs()  # a bad package fails before the progress bar
+    source = open_model(ModelSource.parse(model, token=token))  # fails before the progress bar
     sources = resolve_inputs(files, redirector=redirector)
     with Progress(console=console) as progress:
         task = progress.add_task("scoring", total=None)
         report = predict_files(
             sources,
-            model,
+            source,
             out,
             tree=tree,
             step_size=_step(step_size),

@@ -17,8 +17,16 @@ from mlaas4hep.client.library import (
     DEFAULT_URL,
     AsyncClient,
     Client,
+    EventPredictions,
     ServerError,
     ServerUnreachable,
 )
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "ServerError", "ServerUnreachable"]
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "Client",
+    "EventPredictions",
+    "ServerError",
+    "ServerUnreachable",
+]

@@ -203,8 +203,9 @@ class EventPredictions:
 
     ``probabilities`` has one row per event sent (float32, ``[N, K]``), NaN
     rows for the events the model's preprocessing selection dropped;
-    ``selected`` counts the events kept; ``clipped`` the events whose
-    collection was longer than the model takes, by collection;
+    ``selected`` counts the events kept, ``kept`` marks them (one bool per
+    event); ``clipped`` counts the events whose collection was longer than the
+    model takes, by collection;
     ``identifiers`` the spec's identifier branches (``run``, ``event``, ...)
     the events carried, one value per event.
     """
@@ -214,6 +215,7 @@ class EventPredictions:
     probabilities: np.ndarray
     labels: list[str] | None
     selected: int
+    kept: np.ndarray
     clipped: dict[str, int]
     identifiers: dict[str, np.ndarray]
 
@@ -228,15 +230,19 @@ _EVENTS_FIELDS = frozenset(
 )
 
 
-def _events_call(
-    events: Any, model: str, version: int | str | None, tree: str | None
-) -> _Call[EventPredictions]:
+def _events_path(model: str, version: int | str | None) -> str:
     if not model:
-        raise ConfigError("predict_events needs the model to use")
+        raise ConfigError("the events endpoints need the model to use")
     path = f"/v2/models/{quote(model, safe='')}"
     if version is not None:
         path += f"/versions/{quote(str(version), safe='')}"
-    path += "/events"
+    return path + "/events"
+
+
+def _events_call(
+    events: Any, model: str, version: int | str | None, tree: str | None
+) -> _Call[EventPredictions]:
+    path = _events_path(model, version)
     if isinstance(events, str | PathLike):
         file = Path(events)
         data = _read(file)
@@ -247,7 +253,11 @@ def _events_call(
         )
     if type(events).__module__.partition(".")[0] == "awkward":
         import awkward as ak  # noqa: PLC0415 - only for awkward arrays, which are loaded
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415
+        except ImportError:
+            raise ConfigError("sending awkward arrays needs pyarrow: pip install pyarrow") from None
 
         buffer = io.BytesIO()
         try:
@@ -274,6 +284,10 @@ def _events_call(
     )
 
 
+def _events_metadata_call(model: str, version: int | str | None) -> _Call[dict[str, Any]]:
+    return _Call("GET", _events_path(model, version), _json_object)
+
+
 def _event_predictions(response: httpx.Response) -> EventPredictions:
     answer = _json_object(response)
     rows = answer.get("predictions")
@@ -281,10 +295,11 @@ def _event_predictions(response: httpx.Response) -> EventPredictions:
         raise _unexpected(response, "event predictions")
     labels = answer.get("labels")
     width = next((len(row) for row in rows if row is not None), len(labels or ()))
+    given = [row for row in rows if row is not None]
+    kept = np.fromiter((row is not None for row in rows), bool, len(rows))
     probabilities = np.full((len(rows), width), np.nan, dtype=np.float32)
-    for number, row in enumerate(rows):
-        if row is not None:
-            probabilities[number] = row
+    if given:
+        probabilities[kept] = np.asarray(given, dtype=np.float32)
     identifiers = {
         key: np.asarray(value)
         for key, value in answer.items()
@@ -296,6 +311,7 @@ def _event_predictions(response: httpx.Response) -> EventPredictions:
         probabilities=probabilities,
         labels=None if labels is None else [str(label) for label in labels],
         selected=int(answer.get("selected") or 0),
+        kept=kept,
         clipped={str(k): int(v) for k, v in (answer.get("clipped") or {}).items()},
         identifiers=identifiers,
     )
@@ -616,6 +632,12 @@ class Client:
         """
         return self._send(_events_call(events, model, version, tree))
 
+    def events_metadata(self, model: str, version: int | str | None = None) -> dict[str, Any]:
+        """What raw events ``model`` takes: ``branches``, ``identifiers``, ``tree``,
+        ``labels``, ``selection`` (whether its preprocessing drops events) and
+        ``max_events`` (the most events one :meth:`predict_events` may send)."""
+        return self._send(_events_metadata_call(model, version))
+
     def upload(
         self,
         name: str,
@@ -739,6 +761,10 @@ class AsyncClient:
     ) -> EventPredictions:
         """As :meth:`Client.predict_events`."""
         return await self._send(_events_call(events, model, version, tree))
+
+    async def events_metadata(self, model: str, version: int | str | None = None) -> dict[str, Any]:
+        """As :meth:`Client.events_metadata`."""
+        return await self._send(_events_metadata_call(model, version))
 
     async def upload(
         self,

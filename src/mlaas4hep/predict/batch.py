@@ -52,6 +52,7 @@ from mlaas4hep.data.reader import EventStream
 from mlaas4hep.data.rootfile import get_tree, is_remote, open_root, release
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.errors import ConfigError, DataError, MlaasError
+from mlaas4hep.parallel import is_distributed, run_tasks
 from mlaas4hep.train.package import load_package
 from mlaas4hep.transform.writers import _pa, _pq
 
@@ -110,18 +111,136 @@ class PredictReport:
         return not self.failures
 
 
+# -- where the scores come from --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model that scores: a package directory, or a model on a server.
+
+    ``NAME[:VERSION]@URL`` (``mlp@http://host:8083``) names a model on an
+    mlaas4hep server, which applies the spec itself (its ``/events``
+    endpoint); anything else is a package directory.
+    """
+
+    package: str | None = None
+    url: str | None = None
+    name: str | None = None
+    version: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, text: str, *, token: str | None = None) -> ModelSource:
+        """The model named by ``--model``: ``NAME[:VERSION]@URL`` or a package path."""
+        name, at, url = text.partition("@")
+        if at and url.startswith(("http://", "https://")) and not Path(text).exists():
+            if not name:
+                raise ConfigError(f"--model {text}: the model name before '@' is missing")
+            model, _, version = name.partition(":")
+            return cls(url=url, name=model, version=version or None, token=token)
+        return cls(package=str(Path(text).resolve()))
+
+    def __str__(self) -> str:
+        if self.package is not None:
+            return self.package
+        version = f":{self.version}" if self.version else ""
+        return f"{self.name}{version}@{self.url}"
+
+
+class _Scorer:
+    """What a task needs of the model: the branches to read, the labels, whether
+    events may be dropped, and scores for a block of events."""
+
+    branches: list[str]
+    labels: list[str]
+    selects: bool
+
+    def score(self, events: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``[N, K]`` (NaN rows for dropped events) and the kept mask
+        (``None`` when the model drops none)."""
+        raise NotImplementedError
+
+
+class _PackageScorer(_Scorer):
+    """In this process, with ONNX Runtime."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        self.package = load_package(path)
+        self.package.threads = threads
+        self.inputs = self.package.event_inputs()
+        self.branches = list(self.inputs.branches)
+        self.labels = self.package.labels
+        preprocessing = self.inputs.preprocessing
+        self.selects = preprocessing is not None and "selection" in preprocessing.functions
+
+    def score(self, events: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+        prepared = self.inputs.prepare(events, where=where)
+        return prepared.scatter(self.package.predict(prepared.inputs)), prepared.selected
+
+
+class _ServerScorer(_Scorer):
+    """Through a server's ``/events`` endpoint (events sent as Parquet)."""
+
+    def __init__(self, source: ModelSource) -> None:
+        from mlaas4hep.client import Client  # noqa: PLC0415 - only for remote models
+
+        assert source.url is not None
+        assert source.name is not None
+        self.client = Client(source.url, source.token, timeout=300)
+        try:
+            metadata = self.client.events_metadata(source.name, source.version)
+        except MlaasError as exc:
+            self.client.close()
+            raise ConfigError(f"model {source}: {exc}") from None
+        self.name = source.name
+        # every task uses the version found first, even if a newer one is uploaded meanwhile
+        self.version = int(metadata["version"])
+        self.branches = [str(b) for b in metadata["branches"]]
+        self.labels = [str(label) for label in metadata.get("labels") or []]
+        self.selects = bool(metadata.get("selection"))
+        self.limit = max(1, int(metadata.get("max_events") or 65_536))
+
+    def score(self, events: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+        blocks, kept = [], []
+        for start in range(0, len(events), self.limit):
+            try:
+                answer = self.client.predict_events(
+                    events[start : start + self.limit], model=self.name, version=self.version
+                )
+            except MlaasError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            blocks.append(answer.probabilities)
+            kept.append(answer.kept)
+        if not blocks:
+            return np.zeros((0, max(1, len(self.labels))), np.float32), None
+        return np.concatenate(blocks), np.concatenate(kept) if self.selects else None
+
+
+_SCORERS: dict[tuple[ModelSource, int], _Scorer] = {}
+
+
+def _scorer(source: ModelSource, threads: int) -> _Scorer:
+    """The scorer of ``source``, made once per process (tasks of one run share it)."""
+    key = (source, threads)
+    if key not in _SCORERS:
+        if source.package is not None:
+            _SCORERS[key] = _PackageScorer(source.package, threads)
+        else:
+            _SCORERS[key] = _ServerScorer(source)
+    return _SCORERS[key]
+
+
+def open_model(model: ModelSource) -> ModelSource:
+    """Load (or reach) ``model`` in this process, so that a bad package, an unknown
+    model or an unreachable server raises :class:`ConfigError` now; a server's
+    model comes back pinned to the version it serves."""
+    scorer = _scorer(model, 0)
+    if isinstance(scorer, _ServerScorer):
+        return replace(model, version=str(scorer.version))
+    return model
+
+
 # -- one task ---------------------------------------------------------------
-
-_PACKAGES: dict[str, Any] = {}
-
-
-def _package(path: str) -> tuple[Any, Any]:
-    """The package at ``path`` and its event inputs, loaded once per process."""
-    if path not in _PACKAGES:
-        package = load_package(path)
-        _PACKAGES[path] = (package, package.event_inputs())
-    cached: tuple[Any, Any] = _PACKAGES[path]
-    return cached
 
 
 def score_columns(labels: Sequence[str], probabilities: np.ndarray) -> dict[str, np.ndarray]:
@@ -142,11 +261,17 @@ def score_columns(labels: Sequence[str], probabilities: np.ndarray) -> dict[str,
     return {name: np.ascontiguousarray(p[:, i]) for i, name in enumerate(names)}
 
 
-def run_task(task: Task, package_path: str, tree: str | None, step_size: int | str) -> TaskResult:
-    """Score one task's entries and write its Parquet part (runs in a worker)."""
+def run_task(
+    task: Task, model: ModelSource, tree: str | None, step_size: int | str, threads: int = 0
+) -> TaskResult:
+    """Score one task's entries and write its Parquet part (runs in a worker).
+
+    ``threads``: ONNX Runtime threads (0: all cores; 1 on dask workers, which
+    run one task per core).
+    """
     start = time.perf_counter()
     try:
-        events = _score(task, package_path, tree, step_size)
+        events = _score(task, model, tree, step_size, threads)
     except MlaasError as exc:
         return TaskResult(task.index, task.file, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a per-file failure, reported
@@ -154,11 +279,13 @@ def run_task(task: Task, package_path: str, tree: str | None, step_size: int | s
     return TaskResult(task.index, task.file, events=events, seconds=time.perf_counter() - start)
 
 
-def _score(task: Task, package_path: str, tree: str | None, step_size: int | str) -> int:
-    pa, pq = _pa(), _pq()
-    package, event_inputs = _package(package_path)
+def _score(
+    task: Task, model: ModelSource, tree: str | None, step_size: int | str, threads: int
+) -> int:
+    pa = _pa()
+    scorer = _scorer(model, threads)
     where = task.source.url
-    selection = BranchSelection(include=list(event_inputs.branches), identifiers=None)
+    selection = BranchSelection(include=scorer.branches, identifiers=None)
     writer: Any = None
     events = 0
     try:
@@ -173,30 +300,29 @@ def _score(task: Task, package_path: str, tree: str | None, step_size: int | str
             threads=1,
         ) as stream:
             identifiers = [n for n in IDENTIFIERS if n in stream.identifiers]
-            selects = event_inputs.preprocessing is not None and (
-                "selection" in event_inputs.preprocessing.functions
-            )
             for chunk in stream.iter_epoch(0):
-                prepared = event_inputs.prepare(chunk.arrays, where=where)
-                scores = prepared.scatter(package.predict(prepared.inputs))
+                scores, kept = scorer.score(chunk.arrays, where)
                 columns: dict[str, Any] = {"entry": np.asarray(chunk.entry, dtype=np.int64)}
                 for name in identifiers:
                     columns[name] = np.asarray(chunk.arrays[name].to_numpy())
-                if selects:
-                    selected = prepared.selected
-                    columns["selected"] = (
-                        np.ones(len(chunk), dtype=bool) if selected is None else selected
-                    )
-                columns.update(score_columns(package.labels, scores))
+                if scorer.selects:
+                    columns["selected"] = np.ones(len(chunk), dtype=bool) if kept is None else kept
+                columns.update(score_columns(scorer.labels, scores))
                 table = pa.table(columns)
                 if writer is None:
-                    writer = pq.ParquetWriter(task.part, table.schema)
+                    writer = _parquet_writer(task.part, table.schema)
                 writer.write_table(table)
                 events += len(chunk)
     finally:
         if writer is not None:
             writer.close()
     return events
+
+
+def _parquet_writer(path: str, schema: Any) -> Any:
+    # dictionary encoding only where values repeat: on scores it triples the writing time
+    repeated = [name for name in ("file", "run", "luminosityBlock") if name in schema.names]
+    return _pq().ParquetWriter(path, schema, use_dictionary=repeated)
 
 
 def resolve_inputs(inputs: Sequence[str], *, redirector: str | None = None) -> list[Source]:
@@ -294,7 +420,7 @@ def _write_outputs(
                     url = pa.array([sources[file].url] * part.num_rows, pa.string())
                     table = part.add_column(0, "file", url.dictionary_encode())
                     if writer is None:
-                        writer = pq.ParquetWriter(str(out), table.schema)
+                        writer = _parquet_writer(str(out), table.schema)
                     elif table.schema != writer.schema:
                         table = table.cast(writer.schema)
                     writer.write_table(table)
@@ -324,60 +450,17 @@ def _write_outputs(
 # -- the driver ---------------------------------------------------------------
 
 
-def _run_local(
-    tasks: Sequence[Task], args: tuple[Any, ...], progress: Callable[[int, int], None] | None
-) -> list[TaskResult]:
-    results = []
-    for task in tasks:
-        results.append(run_task(task, *args))
-        if progress is not None:
-            progress(len(results), len(tasks))
-    return results
-
-
-def _run_dask(
-    tasks: Sequence[Task],
-    args: tuple[Any, ...],
-    progress: Callable[[int, int], None] | None,
-    *,
-    scheduler: str | None,
-    workers: int,
-) -> list[TaskResult]:
-    try:
-        from distributed import Client, LocalCluster, as_completed  # noqa: PLC0415 - optional
-    except ImportError:
-        raise ConfigError(
-            "distributed prediction needs dask: pip install 'mlaas4hep[dask]'"
-        ) from None
-    cluster: Any = None
-    if scheduler is None:
-        cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-    try:
-        target = scheduler if cluster is None else cluster
-        with Client(target) as client:  # type: ignore[no-untyped-call]
-            futures = [client.submit(run_task, task, *args, pure=False) for task in tasks]
-            results = []
-            for future in as_completed(futures):  # type: ignore[no-untyped-call]
-                try:
-                    results.append(future.result())
-                except Exception as exc:  # noqa: BLE001 - a worker died: report the task
-                    task = tasks[futures.index(future)]
-                    results.append(TaskResult(task.index, task.file, error=repr(exc)))
-                if progress is not None:
-                    progress(len(results), len(tasks))
-            return results
-    finally:
-        if cluster is not None:
-            cluster.close()
+def _lost(task: Task, exc: BaseException) -> TaskResult:
+    """The result of a task whose worker died (``run_task`` itself never raises)."""
+    return TaskResult(task.index, task.file, error=repr(exc))
 
 
 def predict_files(
     sources: Sequence[Source],
-    package_path: str | Path,
+    model: str | Path | ModelSource,
     out: str | Path,
     *,
+    token: str | None = None,
     tree: str | None = None,
     step_size: int | str = "100 MB",
     scheduler: str | None = None,
@@ -385,20 +468,21 @@ def predict_files(
     entries_per_task: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PredictReport:
-    """Score ``sources`` with the package at ``package_path`` into ``out``.
+    """Score ``sources`` with ``model`` into ``out``.
 
-    See the module documentation for the output layout. Raises
-    :class:`ConfigError` for a package that cannot be loaded or bad options;
-    per-file failures are in the report.
+    ``model`` is a package directory, ``NAME[:VERSION]@URL`` for a model on a
+    server (``token``: its access token), or a :class:`ModelSource`. See the
+    module documentation for the output layout. Raises :class:`ConfigError`
+    for a model that cannot be loaded or reached, or bad options; per-file
+    failures are in the report.
     """
     if not sources:
         raise ConfigError("no input files to score")
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
     if entries_per_task is not None and entries_per_task < 1:
         raise ConfigError(f"entries_per_task must be at least 1, got {entries_per_task}")
-    package_path = str(Path(package_path).resolve())
-    load_package(package_path).event_inputs()  # fail fast, before any task
+    if not isinstance(model, ModelSource):
+        model = ModelSource.parse(str(model), token=token)
+    model = open_model(model)  # fails fast, before any task
     out = Path(out)
     if out.suffix != ".parquet" and out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory (ROOT friend trees go into one)")
@@ -412,11 +496,12 @@ def predict_files(
             sources, parts.resolve(), tree=tree, entries_per_task=entries_per_task,
             failures=failures,
         )  # fmt: skip
-        args = (package_path, tree, step_size)
-        if scheduler is not None or workers > 1:
-            results = _run_dask(tasks, args, progress, scheduler=scheduler, workers=workers)
-        else:
-            results = _run_local(tasks, args, progress)
+        # dask workers run one task per core: one ONNX Runtime thread each
+        threads = 1 if is_distributed(scheduler, workers) else 0
+        results = run_tasks(
+            run_task, tasks, model, tree, step_size, threads,
+            scheduler=scheduler, workers=workers, progress=progress, on_error=_lost,
+        )  # fmt: skip
         events: dict[int, int] = {}
         for result in sorted(results, key=lambda r: r.index):
             if result.error is not None:
@@ -439,7 +524,9 @@ def predict_files(
 __all__ = [
     "FRIEND_TREE",
     "Failure",
+    "ModelSource",
     "PredictReport",
+    "open_model",
     "predict_files",
     "resolve_inputs",
     "run_task",

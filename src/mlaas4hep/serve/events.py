@@ -11,6 +11,10 @@ preprocessing (:class:`~mlaas4hep.predict.events.EventInputs`). The body is
 * a multipart form whose ``file`` part is a Parquet or ROOT file (optional
   ``tree`` field: by default the spec's tree, else the file's only tree).
 
+``GET`` on the same paths describes what the model takes: the branches events
+must have, the identifier branches it copies, the tree, its labels, whether
+its preprocessing selects events, and the most events one request may carry.
+
 The answer has one prediction row per event given (``null`` for the events
 the preprocessing's selection drops), the labels, how many events were kept
 and clipped, and the spec's identifier branches (``run``, ``event``, ...).
@@ -64,6 +68,36 @@ async def v2_events(request: Request) -> Response:
     return await _answer(state, request, name, version)
 
 
+async def v2_events_metadata(request: Request) -> Response:
+    """``GET /v2/models/{model}[/versions/{version}]/events``: what the model takes."""
+    state = _state(request)
+    state.authorize(request.headers.get("authorization"), "read")
+    served = await state.models.get(
+        request.path_params["model"], request.path_params.get("version")
+    )
+    event_inputs = _event_inputs(served)
+    preprocessing = event_inputs.preprocessing
+    return json_response(
+        {
+            "model": served.name,
+            "version": served.version.version,
+            "labels": served.backend.labels,
+            "branches": event_inputs.branches,
+            "identifiers": list(event_inputs.spec.identifiers),
+            "tree": event_inputs.spec.tree,
+            "selection": preprocessing is not None and "selection" in preprocessing.functions,
+            "max_events": state.settings.max_batch_rows,
+        }
+    )
+
+
+def _event_inputs(served: ServedModel) -> EventInputs:
+    event_inputs = served.backend.event_inputs
+    if event_inputs is None:
+        raise BadRequest(f"model {served.name!r} has no feature spec; send tensors to /infer")
+    return event_inputs
+
+
 async def predict_events(request: Request) -> Response:
     """``POST /predict/events?model=name[:version]`` (or a ``model`` form field)."""
     state = _state(request)
@@ -95,9 +129,7 @@ async def _answer(
     else:
         data = await request.body()
     served = await state.models.get(name, version)
-    event_inputs = served.backend.event_inputs
-    if event_inputs is None:
-        raise BadRequest(f"model {served.name!r} has no feature spec; send tensors to /infer")
+    event_inputs = _event_inputs(served)
     prepared = await asyncio.to_thread(_prepare, event_inputs, data, upload, tree)
     if prepared.rows > state.settings.max_batch_rows:
         raise BadRequest(
@@ -241,5 +273,7 @@ def routes() -> list[Route]:
     return [
         Route("/v2/models/{model}/events", v2_events, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}/events", v2_events, methods=["POST"]),
+        Route("/v2/models/{model}/events", v2_events_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/events", v2_events_metadata, methods=["GET"]),
         Route("/predict/events", predict_events, methods=["POST"]),
     ]

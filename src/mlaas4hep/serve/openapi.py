@@ -312,6 +312,12 @@ _EVENTS_ANSWER = _ok(
 )
 
 
+_EVENTS_METADATA = _ok(
+    "{model, version, labels, branches (that events must have), identifiers, tree, "
+    "selection (whether the preprocessing drops events), max_events (per request)}"
+)
+
+
 def _events_operation(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     return _operation(
         "Predict from raw events with a model package's feature spec and preprocessing",
@@ -320,6 +326,13 @@ def _events_operation(parameters: list[dict[str, Any]]) -> dict[str, Any]:
         body=_EVENTS_BODY,
         parameters=parameters,
     )
+
+
+def _events_metadata_operation(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return _operation(
+        "What raw events the model takes", {"200": _EVENTS_METADATA}, tag="Events",
+        parameters=parameters,
+    )  # fmt: skip
 
 
 @cache
@@ -502,10 +515,14 @@ def openapi_schema() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     paths["/predict/events"] = {"post": _events_operation([model_query])}
-    paths["/v2/models/{model}/events"] = {"post": _events_operation([_MODEL])}
-    paths["/v2/models/{model}/versions/{version}/events"] = {
-        "post": _events_operation([_MODEL, _VERSION])
-    }
+    for parameters, path in (
+        ([_MODEL], "/v2/models/{model}/events"),
+        ([_MODEL, _VERSION], "/v2/models/{model}/versions/{version}/events"),
+    ):
+        paths[path] = {
+            "get": _events_metadata_operation(parameters),
+            "post": _events_operation(parameters),
+        }
     return {
         "openapi": "3.1.0",
         "info": {

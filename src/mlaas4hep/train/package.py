@@ -67,6 +67,8 @@ class ModelPackage:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     framework: str
+    threads: int = 0
+    """ONNX Runtime intra-op threads; 0: its default (all cores)."""
     _session: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -87,6 +89,10 @@ class ModelPackage:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if self.threads > 0:
+                options.intra_op_num_threads = self.threads
+                # beside other busy processes, spinning threads only steal their cores
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(
                 str(self.onnx_path), options, providers=["CPUExecutionProvider"]
             )

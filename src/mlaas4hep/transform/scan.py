@@ -1,8 +1,7 @@
 """The first pass: statistics of a dataset, turned into a :class:`FeatureSpec`.
 
-Each file is scanned on its own (in parallel processes when there are
-several) into mergeable accumulators: exact count, min, max, mean and
-variance (Chan's parallel update), exact per-event length histograms, and a
+Each file is scanned on its own (in parallel on dask when asked) into
+mergeable accumulators: exact count, min, max, mean and variance (Chan's parallel update), exact per-event length histograms, and a
 seeded random sample of values for the quantiles. The spec records a hash of
 the inputs (file UUIDs, entry ranges, trees, branches, preprocessing), so a
 spec used with other data is detected.
@@ -12,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from mlaas4hep.data.rootfile import get_tree, open_root
 from mlaas4hep.data.shuffle import apportion
 from mlaas4hep.data.sources import Source
 from mlaas4hep.errors import ConfigError
+from mlaas4hep.parallel import run_tasks
 from mlaas4hep.transform import normalize
 from mlaas4hep.transform.preprocess import Preprocessing, load_preprocessing
 from mlaas4hep.transform.spec import (
@@ -362,13 +360,16 @@ def scan(
     nevts: int = -1,
     step_size: int | str = "100 MB",
     workers: int = 1,
+    scheduler: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[FeatureSpec, ScanReport]:
     """Scan ``sources`` and return the feature spec and what it found.
 
-    ``workers`` > 1 scans files in that many processes. ``progress(done,
-    total)`` is called as files finish.
+    Files are scanned one per task: ``workers`` > 1 on a local dask cluster of
+    that many processes, or on the dask ``scheduler`` at that address
+    (:func:`~mlaas4hep.parallel.run_tasks`). ``progress(done, total)`` is
+    called as files finish.
     """
     selection = selection or BranchSelection()
     options = options or ScanOptions()
@@ -381,23 +382,10 @@ def scan(
     preprocessing_path = str(loaded.path) if loaded else None
     tasks = [s for s in limited if (s.entry_stop or 0) > s.entry_start]
     arguments = (selection, tree, preprocessing_path, step_size, seed)
-    results: list[FileScan] = []
-    if workers > 1 and len(tasks) > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-            futures = {pool.submit(scan_source, s, *arguments): i for i, s in enumerate(tasks)}
-            finished: dict[int, FileScan] = {}
-            for done, future in enumerate(as_completed(futures), 1):
-                finished[futures[future]] = future.result()
-                if progress:
-                    progress(done, len(tasks))
-        # merged in source order, so the result does not depend on which file finished first
-        results = [finished[i] for i in range(len(tasks))]
-    else:
-        for done, s in enumerate(tasks, 1):
-            results.append(scan_source(s, *arguments))
-            if progress:
-                progress(done, len(tasks))
+    # in source order, so the merge does not depend on which file finished first
+    results = run_tasks(
+        scan_source, tasks, *arguments, scheduler=scheduler, workers=workers, progress=progress
+    )
     rng = np.random.default_rng(seed)
     merged: dict[str, Accumulator] = {}
     split: set[str] = set()
