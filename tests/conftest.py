@@ -78,7 +78,7 @@ def dask_scheduler() -> Iterator[str]:
     from distributed import LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     try:
         yield str(cluster.scheduler_address)

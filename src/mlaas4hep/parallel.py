@@ -34,13 +34,16 @@ def run_tasks(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     on_error: Callable[[Item, BaseException], Result] | None = None,
+    on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """``function(item, *args)`` for every item; the results in item order.
 
-    ``progress(done, total)`` is called as tasks finish. A task that raises
+    ``on_result(result)`` and then ``progress(done, total)`` are called in
+    this process as tasks finish, in the order they finish. A task that raises
     (or whose worker dies) raises here, unless ``on_error(item, exception)``
     turns it into a result.
     """
+    finished = _Finished(len(items), progress, on_result)
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if not is_distributed(scheduler, workers):
@@ -52,10 +55,29 @@ def run_tasks(
                 if on_error is None:
                     raise
                 results.append(on_error(item, exc))
-            if progress is not None:
-                progress(len(results), len(items))
+            finished(results[-1])
         return results
-    return _run_on_dask(function, items, args, scheduler, workers, progress, on_error)
+    return _run_on_dask(function, items, args, scheduler, workers, finished, on_error)
+
+
+class _Finished:
+    """Calls ``on_result`` and ``progress`` for each finished task."""
+
+    def __init__(
+        self,
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        on_result: Callable[[Any], None] | None,
+    ) -> None:
+        self.done, self.total = 0, total
+        self.progress, self.on_result = progress, on_result
+
+    def __call__(self, result: Any) -> None:
+        self.done += 1
+        if self.on_result is not None:
+            self.on_result(result)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 def _run_on_dask(
@@ -64,7 +86,7 @@ def _run_on_dask(
     args: tuple[Any, ...],
     scheduler: str | None,
     workers: int,
-    progress: Callable[[int, int], None] | None,
+    finished: _Finished,
     on_error: Callable[[Item, BaseException], Result] | None,
 ) -> list[Result]:
     try:
@@ -75,8 +97,9 @@ def _run_on_dask(
         ) from None
     cluster: Any = None
     if scheduler is None:
+        # dashboard on any free port: a fixed one may be taken by another cluster
         cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
     try:
         try:
@@ -96,8 +119,7 @@ def _run_on_dask(
                         client.cancel(futures)  # type: ignore[no-untyped-call]
                         raise
                     results[index] = on_error(items[index], exc)
-                if progress is not None:
-                    progress(len(results), len(items))
+                finished(results[index])
             return [results[i] for i in range(len(items))]
     finally:
         if cluster is not None:

@@ -398,53 +398,75 @@ def _friend_names(sources: Sequence[Source]) -> list[str]:
     return names
 
 
-def _write_outputs(
-    out: Path, sources: Sequence[Source], tasks: Sequence[Task], good: set[int]
-) -> list[Path]:
-    pa, pq = _pa(), _pq()
-    by_file: dict[int, list[Task]] = {}
-    for task in tasks:
-        if task.file in good:
-            by_file.setdefault(task.file, []).append(task)
+class _Outputs:
+    """Writes each input file's scores as soon as all its tasks are done, so the
+    merge runs while other files are still being scored.
 
-    def tables(file: int) -> Iterator[Any]:
-        for task in by_file[file]:
-            if Path(task.part).exists():  # a task with no entries writes no part
-                yield pq.read_table(task.part)
+    Parquet output keeps the input order: a finished file waits for the files
+    before it. A failed file is skipped; its parts are never read.
+    """
 
-    if out.suffix == ".parquet":
-        writer: Any = None
-        try:
-            for file in sorted(by_file):
-                for part in tables(file):
-                    url = pa.array([sources[file].url] * part.num_rows, pa.string())
-                    table = part.add_column(0, "file", url.dictionary_encode())
-                    if writer is None:
-                        writer = _parquet_writer(str(out), table.schema)
-                    elif table.schema != writer.schema:
-                        table = table.cast(writer.schema)
-                    writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
-        return [out] if writer is not None else []
+    def __init__(self, out: Path, sources: Sequence[Source], tasks: Sequence[Task]) -> None:
+        self.out, self.sources = out, sources
+        self.parts: dict[int, list[str]] = {}
+        for task in tasks:
+            self.parts.setdefault(task.file, []).append(task.part)
+        self.pending: dict[int, bool] = {}  # finished files: whether they are good
+        self.next = 0  # the next file the Parquet output takes
+        self.writer: Any = None
+        self.written: list[Path] = []
+        self.names = _friend_names(sources)
+        if out.suffix != ".parquet":
+            out.mkdir(parents=True, exist_ok=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    names = _friend_names(sources)
-    written: list[Path] = []
-    for file in sorted(by_file):
-        target = out / names[file]
+    def finish(self, file: int, good: bool) -> None:
+        """Record that every task of ``file`` is done (``good``: none failed)."""
+        self.pending[file] = good
+        if self.out.suffix != ".parquet":
+            if good:
+                self._friend_tree(file)
+            return
+        while self.next in self.pending:
+            if self.pending.pop(self.next, False):
+                self._append(self.next)
+            self.next += 1
+
+    def close(self) -> list[Path]:
+        """Close the Parquet file; the paths written."""
+        if self.writer is not None:
+            self.writer.close()
+            self.written = [self.out]
+        return self.written
+
+    def _tables(self, file: int) -> Iterator[Any]:
+        for part in self.parts[file]:
+            if Path(part).exists():  # a task with no entries writes no part
+                yield _pq().read_table(part)
+                Path(part).unlink()
+
+    def _append(self, file: int) -> None:
+        pa = _pa()
+        for part in self._tables(file):
+            url = pa.array([self.sources[file].url] * part.num_rows, pa.string())
+            table = part.add_column(0, "file", url.dictionary_encode())
+            if self.writer is None:
+                self.writer = _parquet_writer(str(self.out), table.schema)
+            elif table.schema != self.writer.schema:
+                table = table.cast(self.writer.schema)
+            self.writer.write_table(table)
+
+    def _friend_tree(self, file: int) -> None:
+        target = self.out / self.names[file]
         with uproot.recreate(target) as root:
             friend: Any = None
-            for table in tables(file):
+            for table in self._tables(file):
                 columns = {name: table.column(name).to_numpy() for name in table.column_names}
                 if friend is None:
                     friend = root.mktree(
                         FRIEND_TREE, {name: array.dtype for name, array in columns.items()}
                     )
                 friend.extend(columns)
-        written.append(target)
-    return written
+        self.written.append(target)
 
 
 # -- the driver ---------------------------------------------------------------
@@ -496,19 +518,30 @@ def predict_files(
             sources, parts.resolve(), tree=tree, entries_per_task=entries_per_task,
             failures=failures,
         )  # fmt: skip
-        # dask workers run one task per core: one ONNX Runtime thread each
-        threads = 1 if is_distributed(scheduler, workers) else 0
-        results = run_tasks(
-            run_task, tasks, model, tree, step_size, threads,
-            scheduler=scheduler, workers=workers, progress=progress, on_error=_lost,
-        )  # fmt: skip
+        outputs = _Outputs(out, sources, tasks)
+        for file in sorted(failures):  # files that could not even be planned
+            outputs.finish(file, good=False)
+        left: dict[int, int] = {}  # tasks not done yet, by file
+        for task in tasks:
+            left[task.file] = left.get(task.file, 0) + 1
         events: dict[int, int] = {}
-        for result in sorted(results, key=lambda r: r.index):
+
+        def finished(result: TaskResult) -> None:
             if result.error is not None:
                 failures.setdefault(result.file, result.error)
             events[result.file] = events.get(result.file, 0) + result.events
+            left[result.file] -= 1
+            if not left[result.file]:
+                outputs.finish(result.file, good=result.file not in failures)
+
+        # dask workers run one task per core: one ONNX Runtime thread each
+        threads = 1 if is_distributed(scheduler, workers) else 0
+        run_tasks(
+            run_task, tasks, model, tree, step_size, threads, scheduler=scheduler,
+            workers=workers, progress=progress, on_error=_lost, on_result=finished,
+        )  # fmt: skip
         good = {task.file for task in tasks} - set(failures)
-        outputs = _write_outputs(out, sources, tasks, good)
+        written = outputs.close()
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return PredictReport(
@@ -516,7 +549,7 @@ def predict_files(
         files=len(good),
         tasks=len(tasks),
         seconds=time.perf_counter() - start,
-        outputs=outputs,
+        outputs=written,
         failures=[Failure(sources[f].url, failures[f]) for f in sorted(failures)],
     )
 
