@@ -29,7 +29,7 @@ $(VENV)/.train: pyproject.toml | $(BIN)/python
 # The benchmarks also compare with ROOT's own loader (the PyPI "root" wheel).
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[xrootd,train,keras,sklearn,serve]' xgboost-cpu onnxmltools root
+	$(BIN)/python -m pip install --quiet -e '.[xrootd,train,keras,sklearn,serve,dask]' 'tritonclient[http,grpc]' xgboost-cpu onnxmltools root
 	touch $@
 
 demo: $(VENV)/.train
@@ -45,6 +45,8 @@ demo: $(VENV)/.train
 	$(BIN)/mlaas4hep train --files $(DEMO)/files.txt --labels $(DEMO)/labels.txt \
 		--model examples/ex_pytorch.py --params examples/params.json --fout $(DEMO)/run
 	$(BIN)/python examples/serve_and_query.py $(DEMO)/run/model $(DEMO)/signal_0.root
+	$(BIN)/mlaas4hep predict --model $(DEMO)/run/model --files $(DEMO)/files.txt \
+		--out $(DEMO)/scores.parquet
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
@@ -61,6 +63,8 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/loader.py --epochs 5 --workloads small
 	$(BIN)/python benchmarks/train_models.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python -P benchmarks/triton.py
+	$(BIN)/python -P benchmarks/predict.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,10 @@
     ``tritonclient.grpc`` one after another → rows/s, against ONNX Runtime
     running the same batches in this process (same thread settings).
 
-    python benchmarks/triton.py                # --duration 10 --connections 64 --big-requests 40
+    python -P benchmarks/triton.py             # --duration 10 --connections 64 --big-requests 40
+
+(``-P``: this file is named ``triton``; on ``sys.path`` it would shadow the
+module of that name that torch imports.)
 
 Needs ``h2load`` (Debian ``nghttp2-client``) and ``wrk``.
 """

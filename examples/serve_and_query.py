@@ -1,4 +1,4 @@
-"""Serve a trained model package and query it three ways (the end of ``make demo``).
+"""Serve a trained model package and query it four ways (the end of ``make demo``).
 
     python examples/serve_and_query.py demo-data/run/model demo-data/signal_0.root
 
@@ -6,7 +6,9 @@ Starts ``mlaas4hep serve`` on a fresh repository, uploads the package with the
 Python client, turns a few events of the ROOT file into the model's inputs with
 the package's own feature spec, and asks the server for predictions through
 TFaaS's ``/json`` (curl-style body), ``/proto`` (protobuf) and the client
-library. Every answer is compared with ONNX Runtime in this process.
+library. Then it sends the same events raw, as they are in the file, to
+``/v2/models/demo/events``, where the server applies the package's own
+transform. Every answer is compared with ONNX Runtime in this process.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def main() -> None:
                 by_proto = Predictions.FromString(answer.content)
 
                 by_client = client.predict(x, keys=package.metadata["columns"], model="demo")
+
+                raw = tree.arrays(client.events_metadata("demo")["branches"], entry_stop=EVENTS)
+                by_events = client.predict_events(raw, model="demo").probabilities
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
@@ -88,7 +93,13 @@ def main() -> None:
               f"{np.array2string(by_client[i], precision=4):>24}  {np.array2string(expected[i], precision=4):>24}")
     labelled = ", ".join(f"{c.label or '?'}: {c.probability:.4f}" for c in by_proto.prediction)
     print(f"/proto, event 0: {labelled}")
-    deviation = max(np.abs(by_json - expected).max(), np.abs(by_client - expected).max())
+    raw_expected = package.predict_events(raw)  # the training transform, mask included
+    print("raw events via /events:", np.array2string(by_events, precision=4).replace("\n", ""))
+    deviation = max(
+        np.abs(by_json - expected).max(),
+        np.abs(by_client - expected).max(),
+        np.abs(by_events - raw_expected).max(),
+    )
     print(f"largest difference from ONNX Runtime in this process: {deviation:.2e}")
     if deviation > 1e-5:
         sys.exit("the server's answers differ from the in-process predictions")
