@@ -7,7 +7,8 @@ once (branches ``--branches``). Then, in the same run:
 * ``predict`` of all files into one Parquet file: in this process; with
   ``workers=2`` (a ``LocalCluster`` started and closed by the call: its
   start-up and the workers' imports are in the time); and against an already
-  running 2-worker cluster (``--scheduler``), after one warm-up pass;
+  running 1-worker and 2-worker cluster (``--scheduler``), after one warm-up
+  pass each (the scaling of the tasks themselves);
 * ``POST /v2/models/{m}/events`` on ``mlaas4hep serve`` with batches of
   ``--batch`` events taken from the same files: JSON records and Parquet
   uploads, from 1 and 4 concurrent clients (bodies made before timing).
@@ -80,11 +81,12 @@ def _predict_rows(sources: list, package: Path, out: Path, workers: int) -> list
     predict_files(sources, package, out)  # warms the page cache and this process
     timed("in-process")
     timed(f"dask, --workers {workers} (cluster start included)", workers=workers)
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster:
-        predict_files(sources, package, out, scheduler=cluster.scheduler_address)  # warm-up
-        timed(f"dask, running {workers}-worker cluster", scheduler=cluster.scheduler_address)
+    for n in sorted({1, workers}):  # how the tasks scale from one worker to several
+        with LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster:
+            predict_files(sources, package, out, scheduler=cluster.scheduler_address)  # warm-up
+            timed(f"dask, running {n}-worker cluster", scheduler=cluster.scheduler_address)
     return rows
 
 

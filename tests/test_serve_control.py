@@ -11,9 +11,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from serving import free_port, onnx_predict, running_server, write_onnx_mlp
 
@@ -138,16 +140,14 @@ def test_shutdown_lets_requests_in_flight_finish(tmp_path: Path) -> None:
         wait_for(lambda: _live(url), timeout=60)
         rows = np.random.default_rng(0).normal(size=(20_000, 4)).astype(np.float32)
         assert predict(url, "heavy").status_code == 200  # loaded before the clock starts
+        body = orjson.dumps({"values": rows.tolist(), "model": "heavy"})
         answers: list[httpx.Response] = []
         sender = threading.Thread(
-            target=lambda: answers.append(
-                httpx.post(
-                    f"{url}/json", json={"values": rows.tolist(), "model": "heavy"}, timeout=60
-                )
-            )
+            target=lambda: answers.append(httpx.post(f"{url}/json", content=body, timeout=60))
         )
         sender.start()
-        time.sleep(0.5)
+        # SIGTERM only once the server is answering it (besides the /status request)
+        wait_for(lambda: _status(url)["requestsInFlight"] >= 2, timeout=30)
         process.send_signal(signal.SIGTERM)
         sender.join()
         assert process.wait(timeout=30) == 0
@@ -156,6 +156,11 @@ def test_shutdown_lets_requests_in_flight_finish(tmp_path: Path) -> None:
             process.kill()
     assert answers[0].status_code == 200, answers[0].text
     assert np.array(answers[0].json()).shape == (20_000, 1024)
+
+
+def _status(url: str) -> dict[str, Any]:
+    status: dict[str, Any] = httpx.get(f"{url}/status", timeout=10).raise_for_status().json()
+    return status
 
 
 def _live(url: str) -> bool:

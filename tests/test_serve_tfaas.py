@@ -119,6 +119,7 @@ def test_curl_recipes(server: str, models: Path, tmp_path: Path) -> None:
     assert status == 200
     report = json.loads(raw)
     assert report["postRequests"] >= 3
+    assert report["requestsInFlight"] == 1  # the /status request itself
     assert report["models"]["mlp"]["requests"] >= 3
 
     # /delete with TFaaS's form field

@@ -147,6 +147,7 @@ class MlaasApp:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
+        state.metrics.in_flight += 1
         try:
             fast = self._fast.get(path) if method == "POST" else None
             target = v2_rest.infer_target(path) if method == "POST" and fast is None else None
@@ -187,6 +188,7 @@ class MlaasApp:
                 body = dumps({"error": "internal error", "request_id": request_id})
                 await respond(send, 500, body, headers=extra)
         finally:
+            state.metrics.in_flight -= 1
             elapsed = time.perf_counter() - started
             state.metrics.request(endpoint_label(path), method, status, elapsed)
             if state.settings.access_log:

@@ -55,6 +55,7 @@ class Metrics:
     started: float = field(default_factory=time.time)
     get_requests: int = 0
     post_requests: int = 0
+    in_flight: int = 0  # HTTP requests being answered now
     latency: dict[str, ModelLatency] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

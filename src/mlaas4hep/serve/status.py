@@ -42,6 +42,7 @@ def server_status(state: ServerState) -> dict[str, Any]:
         "Load": dict(zip(("load1", "load5", "load15"), os.getloadavg(), strict=True)),
         "getRequests": metrics.get_requests,
         "postRequests": metrics.post_requests,
+        "requestsInFlight": metrics.in_flight,  # this one included
         "version": __version__,
         "pid": os.getpid(),
         "workers": state.settings.workers,
