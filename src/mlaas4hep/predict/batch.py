@@ -447,8 +447,10 @@ class _Outputs:
     def _append(self, file: int) -> None:
         pa = _pa()
         for part in self._tables(file):
-            url = pa.array([self.sources[file].url] * part.num_rows, pa.string())
-            table = part.add_column(0, "file", url.dictionary_encode())
+            url = pa.DictionaryArray.from_arrays(
+                np.zeros(part.num_rows, np.int32), pa.array([self.sources[file].url], pa.string())
+            )
+            table = part.add_column(0, "file", url)
             if self.writer is None:
                 self.writer = _parquet_writer(str(self.out), table.schema)
             elif table.schema != self.writer.schema:
