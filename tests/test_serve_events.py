@@ -298,6 +298,113 @@ def test_what_the_model_takes(client: Client, package: Path) -> None:
     assert error.value.status == 404
 
 
+# -- limits ---------------------------------------------------------------------
+
+LIMIT_EVENTS = 1000
+LIMIT_JSON = 300_000
+LIMIT_UPLOAD = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def tight_server(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server with small limits, holding the package as MODEL."""
+    root = tmp_path_factory.mktemp("events-limits")
+    (root / "server.yaml").write_text(
+        f"max_batch_rows: {LIMIT_EVENTS}\nmax_request_bytes: {LIMIT_JSON}\n"
+        f"max_upload_bytes: {LIMIT_UPLOAD}\n"
+    )
+    with running_server(root / "repository", "--config", str(root / "server.yaml")) as url:
+        with Client(url, timeout=60) as opened:
+            opened.upload_package(package, name=MODEL)
+        yield url
+
+
+def _many(n: int, jets: int = 2) -> ak.Array:
+    """``n`` valid events with ``jets`` jets each (zeros: they compress to nothing)."""
+    zeros = np.zeros(n * jets, np.float32)
+    counts = np.full(n, jets)
+    jet = {f: ak.unflatten(zeros, counts) for f in ("pt", "eta", "btagDeepB")}
+    return ak.Array(
+        {
+            "Jet": ak.zip(jet),
+            "MET_pt": np.full(n, 40.0, np.float32),
+            "Muon": ak.zip({"pt": ak.unflatten(np.full(n, 25.0, np.float32), np.ones(n, int))}),
+            "event": np.arange(n, dtype=np.uint64),
+        }
+    )
+
+
+def _as_root(events: ak.Array, path: Path) -> bytes:
+    data = {name: events[name] for name in events.fields}
+    with uproot.recreate(path) as file:  # NanoAOD names: nJet, Jet_pt, ..., nMuon, Muon_pt
+        types = {name: array.type for name, array in data.items()}
+        file.mktree("Events", types, field_name=lambda outer, inner: f"{outer}_{inner}")
+        file["Events"].extend(data)
+    return path.read_bytes()
+
+
+def _as_parquet(events: ak.Array) -> bytes:
+    flat = {"MET_pt": events.MET_pt, "event": events.event, "Muon_pt": events.Muon.pt}
+    flat |= {f"Jet_{f}": events.Jet[f] for f in ("pt", "eta", "btagDeepB")}
+    flat["nJet"] = ak.values_astype(ak.num(events.Jet), np.int32)
+    buffer = io.BytesIO()
+    pq.write_table(ak.to_arrow_table(ak.zip(flat, depth_limit=1)), buffer)
+    return buffer.getvalue()
+
+
+def _upload(server: str, name: str, data: bytes) -> httpx.Response:
+    return _post(server, files={"file": (name, data, "application/octet-stream")})
+
+
+def test_events_up_to_the_limit_are_scored(tight_server: str) -> None:
+    records = [_record(event=i) for i in range(LIMIT_EVENTS)]
+    response = _post(tight_server, records)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == LIMIT_EVENTS
+
+
+def test_too_many_json_events(tight_server: str) -> None:
+    records = [_record(event=i) for i in range(LIMIT_EVENTS + 1)]
+    assert "1,001 events" in _error(_post(tight_server, records))
+    columns = {key: [value] * (LIMIT_EVENTS + 1) for key, value in _record().items()}
+    assert "1,001 events" in _error(_post(tight_server, columns))
+
+
+def test_json_bodies_are_bounded_by_the_request_limit(tight_server: str) -> None:
+    long = _record(Jet_pt=[50.5] * 200, Jet_eta=[0.5] * 200, Jet_btagDeepB=[0.25] * 200)
+    body = [long] * 200  # few events, but over 300 kB of JSON
+    assert "limit" in _error(_post(tight_server, body), 413)
+
+
+def test_too_many_events_in_a_file(tight_server: str, tmp_path: Path) -> None:
+    events = _many(LIMIT_EVENTS + 1)
+    root = _upload(tight_server, "many.root", _as_root(events, tmp_path / "many.root"))
+    assert "1,001 events" in _error(root)
+    parquet = _upload(tight_server, "many.parquet", _as_parquet(events))
+    assert "1,001 events" in _error(parquet)
+
+
+def test_files_that_decompress_beyond_the_limit(tight_server: str, tmp_path: Path) -> None:
+    """A few kilobytes that would take megabytes once decompressed: refused unread."""
+    events = _many(LIMIT_EVENTS, jets=1000)  # 3 x 4 MB of float32 zeros
+    for name, data in (
+        ("bomb.root", _as_root(events, tmp_path / "bomb.root")),
+        ("bomb.parquet", _as_parquet(events)),
+    ):
+        assert len(data) < LIMIT_UPLOAD / 10, name
+        message = _error(_upload(tight_server, name, data), 413)
+        assert "decompressed" in message
+        assert f"{LIMIT_UPLOAD:,}" in message
+    small = _many(10)  # the same files with few jets are scored
+    for name, data in (
+        ("small.root", _as_root(small, tmp_path / "small.root")),
+        ("small.parquet", _as_parquet(small)),
+    ):
+        response = _upload(tight_server, name, data)
+        assert response.status_code == 200, response.text
+        assert response.json()["event"] == list(range(10))
+
+
 # -- the client -------------------------------------------------------------------
 
 

@@ -166,7 +166,7 @@ class MlaasApp:
             elif path.startswith("/v2/health/") and method == "GET":
                 await self._health(path, tracked)
             else:
-                limit = self._limit(path)
+                limit = self._limit(path, header(scope, b"content-type"))
                 length = header(scope, b"content-length")
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise PayloadTooLarge(
@@ -201,12 +201,13 @@ class MlaasApp:
                     extra={"request_id": request_id},
                 )
 
-    def _limit(self, path: str) -> int:
+    def _limit(self, path: str, content_type: str | None) -> int:
         settings = self.state.settings
         uploads = (
             path in UPLOAD_PATHS
             or (path.startswith("/v2/repository/models/") and path.endswith("/load"))
-            or raw_events.is_events_path(path)
+            # raw events: a file upload may be large, JSON is decoded in memory whole
+            or (raw_events.is_events_path(path) and (content_type or "").startswith("multipart/"))
         )
         return settings.max_upload_bytes if uploads else settings.max_request_bytes
 

@@ -15,6 +15,11 @@ preprocessing (:class:`~mlaas4hep.predict.events.EventInputs`). The body is
 must have, the identifier branches it copies, the tree, its labels, whether
 its preprocessing selects events, and the most events one request may carry.
 
+Limits: a JSON body is bounded by ``max_request_bytes`` and an upload by
+``max_upload_bytes``; every body by ``max_batch_rows`` events; a Parquet file
+or a TTree also by ``max_upload_bytes`` of decompressed data in the branches
+read. Files are checked from their metadata, before any data is decompressed.
+
 The answer has one prediction row per event given (``null`` for the events
 the preprocessing's selection drops), the labels, how many events were kept
 and clipped, and the spec's identifier branches (``run``, ``event``, ...).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
@@ -38,13 +44,38 @@ from mlaas4hep.errors import MlaasError
 from mlaas4hep.predict.events import EventInputs, PreparedEvents
 from mlaas4hep.serve.api.tfaas import json_response
 from mlaas4hep.serve.api.tfaas_rows import split_model
-from mlaas4hep.serve.errors import BadRequest, ServeError
+from mlaas4hep.serve.errors import BadRequest, PayloadTooLarge, ServeError
 from mlaas4hep.serve.models import ServedModel
 from mlaas4hep.serve.state import ServerState
 
 PARQUET_MAGIC = b"PAR1"
 ROOT_MAGIC = b"root"
 _TREE_CLASSES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one request may carry: ``events`` events and, for a file,
+    ``decoded_bytes`` bytes of the branches read once decompressed."""
+
+    events: int
+    decoded_bytes: int
+
+    def check_events(self, events: int, where: str) -> None:
+        """:class:`BadRequest` when ``events`` is over the limit."""
+        if events > self.events:
+            raise BadRequest(
+                f"{where} holds {events:,} events, more than the limit of "
+                f"{self.events:,} per request"
+            )
+
+    def check_decoded(self, size: int, where: str) -> None:
+        """:class:`PayloadTooLarge` when ``size`` decoded bytes are over the limit."""
+        if size > self.decoded_bytes:
+            raise PayloadTooLarge(
+                f"the branches to read from {where} take {size:,} bytes decompressed, "
+                f"more than the limit of {self.decoded_bytes:,}"
+            )
 
 
 def is_events_path(path: str) -> bool:
@@ -130,12 +161,9 @@ async def _answer(
         data = await request.body()
     served = await state.models.get(name, version)
     event_inputs = _event_inputs(served)
-    prepared = await asyncio.to_thread(_prepare, event_inputs, data, upload, tree)
-    if prepared.rows > state.settings.max_batch_rows:
-        raise BadRequest(
-            f"{prepared.rows:,} selected events is more than the limit of "
-            f"{state.settings.max_batch_rows:,} per request"
-        )
+    settings = state.settings
+    limits = Limits(events=settings.max_batch_rows, decoded_bytes=settings.max_upload_bytes)
+    prepared = await asyncio.to_thread(_prepare, event_inputs, data, upload, tree, limits)
     output = served.backend.outputs[0]
     if prepared.rows:
         outputs = await state.infer(served, prepared.inputs)
@@ -155,13 +183,13 @@ def _text(value: Any) -> str | None:
 
 
 def _prepare(
-    event_inputs: EventInputs, data: bytes, upload: bool, tree: str | None
+    event_inputs: EventInputs, data: bytes, upload: bool, tree: str | None, limits: Limits
 ) -> PreparedEvents:
     """Parse the body and build the model's inputs (in a worker thread)."""
     if upload:
-        events, where = _file_events(event_inputs, data, tree)
+        events, where = _file_events(event_inputs, data, tree, limits)
     else:
-        events, where = _json_events(data), "the events"
+        events, where = _json_events(data, limits), "the events"
     try:
         return event_inputs.prepare(events, where=where)
     except ServeError:
@@ -170,7 +198,7 @@ def _prepare(
         raise BadRequest(str(error)) from None
 
 
-def _json_events(data: bytes) -> ak.Array:
+def _json_events(data: bytes, limits: Limits) -> ak.Array:
     """Events from a JSON list of records or a JSON object of columns."""
     try:
         document = orjson.loads(data)
@@ -180,17 +208,19 @@ def _json_events(data: bytes) -> ak.Array:
         if isinstance(document, list):
             if not all(isinstance(item, dict) for item in document):
                 raise BadRequest("a list of events must hold one JSON object per event")
+            limits.check_events(len(document), "the body")
             return ak.from_iter(document)
         if isinstance(document, dict):
-            columns = {key: ak.from_iter(value) for key, value in document.items()}
             bad = [key for key, value in document.items() if not isinstance(value, list)]
             if bad:
                 raise BadRequest(f"columns {bad} must be lists, one entry per event")
-            lengths = {key: len(column) for key, column in columns.items()}
+            lengths = {key: len(value) for key, value in document.items()}
             if len(set(lengths.values())) > 1:
                 raise BadRequest(f"the columns have different lengths: {lengths}")
-            if not columns:
+            if not lengths:
                 raise BadRequest("the body holds no columns")
+            limits.check_events(next(iter(lengths.values())), "the body")
+            columns = {key: ak.from_iter(value) for key, value in document.items()}
             return ak.zip(columns, depth_limit=1)
     except (ValueError, TypeError) as error:
         if isinstance(error, BadRequest):
@@ -199,31 +229,63 @@ def _json_events(data: bytes) -> ak.Array:
     raise BadRequest("the body must be a JSON list of events (objects) or a JSON object of columns")
 
 
-def _file_events(event_inputs: EventInputs, data: bytes, tree: str | None) -> tuple[ak.Array, str]:
+def _file_events(
+    event_inputs: EventInputs, data: bytes, tree: str | None, limits: Limits
+) -> tuple[ak.Array, str]:
     """Events from an uploaded Parquet or ROOT file: only the branches the model needs."""
     wanted = [*event_inputs.branches, *event_inputs.spec.identifiers]
     if data[:4] == PARQUET_MAGIC:
-        return _parquet_events(data, wanted), "the Parquet file"
+        return _parquet_events(data, wanted, limits), "the Parquet file"
     if data[:4] == ROOT_MAGIC:
-        return _root_events(data, wanted, tree or event_inputs.spec.tree)
+        return _root_events(data, wanted, tree or event_inputs.spec.tree, limits)
     raise BadRequest("the uploaded file is neither a Parquet nor a ROOT file")
 
 
-def _parquet_events(data: bytes, wanted: list[str]) -> ak.Array:
+def _parquet_events(data: bytes, wanted: list[str], limits: Limits) -> ak.Array:
     import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415 - on use
 
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
         present = set(parquet.schema_arrow.names)
         columns = [name for name in dict.fromkeys(wanted) if name in present]
-        table = parquet.read(columns=columns or None)
-        events = ak.from_arrow(table)
+        metadata = parquet.metadata
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
+        raise BadRequest(f"the Parquet file cannot be read: {error}") from None
+    limits.check_events(metadata.num_rows, "the Parquet file")
+    read = set(columns or present)
+    limits.check_decoded(_parquet_decoded_bytes(metadata, read), "the Parquet file")
+    try:
+        events = ak.from_arrow(parquet.read(columns=columns or None))
     except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
         raise BadRequest(f"the Parquet file cannot be read: {error}") from None
     return ak.Array(events)
 
 
-def _root_events(data: bytes, wanted: list[str], tree: str | None) -> tuple[ak.Array, str]:
+_PARQUET_WIDTHS = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _parquet_decoded_bytes(metadata: Any, columns: set[str]) -> int:
+    """The bytes the top-level ``columns`` take once read into memory.
+
+    Counted from the number of values, not from the column chunks' sizes:
+    those are measured after dictionary and run-length encoding, which can
+    shrink a million zeros to a few bytes.
+    """
+    total = 0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.path_in_schema.split(".")[0] not in columns:
+                continue
+            width = _PARQUET_WIDTHS.get(chunk.physical_type)
+            total += chunk.total_uncompressed_size if width is None else chunk.num_values * width
+    return int(total)
+
+
+def _root_events(
+    data: bytes, wanted: list[str], tree: str | None, limits: Limits
+) -> tuple[ak.Array, str]:
     import uproot  # noqa: PLC0415 - imported on use: slow to import
 
     try:
@@ -238,14 +300,23 @@ def _root_events(data: bytes, wanted: list[str], tree: str | None) -> tuple[ak.A
         tree = trees[0]
     if tree not in trees:
         raise BadRequest(f"the ROOT file has no tree {tree!r}; it holds {trees}")
+    where = f"tree {tree!r}"
     try:
         source = file[tree]
         present = set(source.keys())
         branches = [name for name in dict.fromkeys(wanted) if name in present]
+        entries = int(source.num_entries)
+        # TTree branches know their decompressed size; RNTuple fields do not
+        decoded = sum(int(getattr(source[b], "uncompressed_bytes", 0) or 0) for b in branches)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
+        raise BadRequest(f"{where} of the ROOT file cannot be read: {error}") from None
+    limits.check_events(entries, where)
+    limits.check_decoded(decoded, where)
+    try:
         events = source.arrays(branches, library="ak")
     except Exception as error:  # noqa: BLE001 - any unreadable file is the sender's
-        raise BadRequest(f"tree {tree!r} of the ROOT file cannot be read: {error}") from None
-    return events, f"tree {tree!r}"
+        raise BadRequest(f"{where} of the ROOT file cannot be read: {error}") from None
+    return events, where
 
 
 def _document(served: ServedModel, prepared: PreparedEvents, values: np.ndarray) -> dict[str, Any]:
