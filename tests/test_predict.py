@@ -125,6 +125,41 @@ def test_parquet_aligned_and_equal_to_independent_scores(
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_package_rewritten_in_place_is_loaded_again(
+    data: Path, package: Path, tmp_path: Path
+) -> None:
+    """Scorers are kept per process, but not past a new export to the same path."""
+    import hashlib
+    import json
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    copy = tmp_path / "model"
+    shutil.copytree(package, copy)
+    sources = resolve_sources(_inputs(data)[:1])
+    before = _read(predict_files(sources, copy, tmp_path / "a.parquet").outputs[0])
+    model = onnx.load(copy / "model.onnx")
+    for tensor in model.graph.initializer:  # shift every bias: other scores
+        values = numpy_helper.to_array(tensor)
+        if values.ndim == 1 and values.dtype == np.float32:
+            tensor.CopyFrom(numpy_helper.from_array(values + 0.5, tensor.name))
+    onnx.save(model, copy / "model.onnx")
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata["checksums"]["model.onnx"] = hashlib.sha256(
+        (copy / "model.onnx").read_bytes()
+    ).hexdigest()
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    after = _read(predict_files(sources, copy, tmp_path / "b.parquet").outputs[0])
+    assert not np.allclose(after["score_signal"], before["score_signal"], atol=1e-4)
+    from mlaas4hep.train.package import load_package
+
+    column = load_package(copy).labels.index("signal")
+    expected = _expected(copy, sources[0].url)
+    np.testing.assert_allclose(after["score_signal"], expected[:, column], atol=1e-5)
+
+
 def test_root_friend_trees(data: Path, package: Path, tmp_path: Path) -> None:
     report = predict_files(resolve_sources(_inputs(data)), package, tmp_path / "friends")
     assert report.ok

@@ -23,8 +23,8 @@ Outputs, once all tasks are done:
   name), with exactly the input tree's entries (written with ``mktree`` /
   ``extend``: a TTree, not an RNTuple).
 
-Parts are written next to the output (``<out>.parts/``) and removed at the
-end, so with a remote dask scheduler the output must be on a file system the
+Parts are written next to the output (``.<out name>.parts/``) and removed at
+the end, so with a remote dask scheduler the output must be on a file system the
 workers share. A file that fails (unreadable, missing branch, ...) is reported
 in :class:`PredictReport` with its message and left out of the output; the
 other files are written.
@@ -104,10 +104,12 @@ class PredictReport:
 
     @property
     def events_per_second(self) -> float:
+        """Events scored per second of the whole run."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def ok(self) -> bool:
+        """Whether every file was scored."""
         return not self.failures
 
 
@@ -216,18 +218,32 @@ class _ServerScorer(_Scorer):
         return np.concatenate(blocks), np.concatenate(kept) if self.selects else None
 
 
-_SCORERS: dict[tuple[ModelSource, int], _Scorer] = {}
+_SCORERS: dict[tuple[ModelSource, int], tuple[int | None, _Scorer]] = {}
 
 
 def _scorer(source: ModelSource, threads: int) -> _Scorer:
-    """The scorer of ``source``, made once per process (tasks of one run share it)."""
+    """The scorer of ``source``, made once per process (tasks of one run share it),
+    and made again when the package directory was written since."""
     key = (source, threads)
-    if key not in _SCORERS:
+    stamp = _package_stamp(source)
+    cached = _SCORERS.get(key)
+    if cached is None or cached[0] != stamp:
         if source.package is not None:
-            _SCORERS[key] = _PackageScorer(source.package, threads)
+            scorer: _Scorer = _PackageScorer(source.package, threads)
         else:
-            _SCORERS[key] = _ServerScorer(source)
-    return _SCORERS[key]
+            scorer = _ServerScorer(source)
+        _SCORERS[key] = cached = (stamp, scorer)
+    return cached[1]
+
+
+def _package_stamp(source: ModelSource) -> int | None:
+    """When the package's metadata.json was written (None: no package there)."""
+    if source.package is None:
+        return None
+    try:
+        return (Path(source.package) / "metadata.json").stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def open_model(model: ModelSource) -> ModelSource:
