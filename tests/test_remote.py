@@ -169,3 +169,21 @@ def test_server_back_within_the_retries_completes_the_read(
         thread.join()
     events = np.concatenate([np.asarray(c.arrays["event"]) for c in [first, *rest]])
     assert np.array_equal(events, np.arange(2000))
+
+
+def test_restart_waits_out_a_port_taken_for_a_moment(
+    own_server: XRootDServer, tmp_path: Path
+) -> None:
+    """A socket on the port while the server is down: the restart retries until it is free."""
+    url = own_server.publish(write_indexed(tmp_path / "small.root", 100))
+    own_server.stop()
+    holder = socket.socket()  # bound, not listening: the new server cannot bind
+    holder.bind(("127.0.0.1", own_server.port))
+    releaser = threading.Timer(1.0, holder.close)
+    releaser.start()
+    try:
+        own_server.restart()
+    finally:
+        releaser.join()
+    with uproot.open(url) as file:
+        assert np.array_equal(file["Events"]["event"].array(library="np"), np.arange(100))

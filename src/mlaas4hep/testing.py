@@ -66,11 +66,22 @@ class XRootDServer:
             self.process.wait(timeout=10)
 
     def restart(self) -> None:
-        """Start the server again on the same port and folder."""
+        """Start the server again on the same port and folder.
+
+        While the server was down another socket may have taken its port for a
+        moment (a client's retries can even connect a socket to itself on it),
+        so a new server that exits at once is started again until 20 s passed.
+        """
         self.stop()
-        self.process = _spawn(self.command)
-        if not wait_for_port(self.port, 20, self.process):
-            raise RuntimeError(f"xrootd did not come back on port {self.port}; see {self.log}")
+        deadline = time.monotonic() + 20
+        while True:
+            self.process = _spawn(self.command)
+            if wait_for_port(self.port, max(0.1, deadline - time.monotonic()), self.process):
+                return
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise RuntimeError(f"xrootd did not come back on port {self.port}; see {self.log}")
+            time.sleep(0.2)
 
 
 def _spawn(command: list[str]) -> subprocess.Popen[bytes]:
