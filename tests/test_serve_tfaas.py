@@ -436,6 +436,16 @@ def test_limits_and_tokens(tmp_path: Path, models: Path) -> None:
         )
         big = httpx.post(f"{url}/json", json={"values": [0.5] * 1000, "model": "m"}, headers=read)
         assert big.status_code == 413
+        for values, status in (([1, 2, 3, 4], 200), ([0.5] * 1000, 413)):
+            # chunked, without Content-Length: the server counts the bytes as they come
+            body = json.dumps({"values": values, "model": "m"}).encode()
+            chunked = httpx.post(
+                f"{url}/json",
+                content=iter([body[i : i + 500] for i in range(0, len(body), 500)]),
+                headers={**read, "Content-Type": "application/json"},
+            )
+            assert "content-length" not in chunked.request.headers
+            assert chunked.status_code == status, chunked.text
         too_many = httpx.post(
             f"{url}/json", json={"values": [[1, 2, 3, 4]] * 11, "model": "m"}, headers=read
         )

@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -30,12 +31,13 @@ from starlette.routing import Route
 from mlaas4hep import __version__
 from mlaas4hep.serve import events as raw_events
 from mlaas4hep.serve.api import tfaas, v2_rest
-from mlaas4hep.serve.api.tfaas import json_response
+from mlaas4hep.serve.api.tfaas import Reply, json_response
 from mlaas4hep.serve.auth import load_authorizer
 from mlaas4hep.serve.config import ServerSettings
 from mlaas4hep.serve.errors import PayloadTooLarge, ServeError
 from mlaas4hep.serve.grpc_server import start_grpc_server
 from mlaas4hep.serve.http import (
+    JSON,
     Message,
     Receive,
     Scope,
@@ -101,12 +103,56 @@ def endpoint_label(path: str) -> str:
     return "other"
 
 
+GetHeader = Callable[[str], str | None]
+"""A request's header by its lower-case name."""
+ReadBody = Callable[[int], Awaitable[bytes]]
+"""Reads a request's whole body, refusing more than the given number of bytes."""
+DirectHandler = Callable[[ServerState, bytes, GetHeader], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRoute:
+    """An endpoint answered without the router: ``handler(state, body, get_header)``.
+    A ``prediction`` needs the ``read`` scope and gets the request body."""
+
+    handler: DirectHandler
+    prediction: bool = True
+
+
+def _body_only(
+    handler: Callable[[ServerState, bytes], Awaitable[Reply]],
+) -> DirectHandler:
+    return lambda state, body, _header: handler(state, body)
+
+
+async def _no_health_endpoint(_state: ServerState, _body: bytes, _header: GetHeader) -> Reply:
+    return 404, error_body("no such health endpoint: /v2/health/live or /v2/health/ready"), JSON, []
+
+
+_NO_HEALTH_ENDPOINT = DirectRoute(_no_health_endpoint, prediction=False)
+_V2_HEADER_LENGTH = v2_rest.HEADER_LENGTH.decode("latin-1")
+
+
+def _internal_error(request_id: str) -> bytes:
+    return dumps({"error": "internal error", "request_id": request_id})
+
+
 class MlaasApp:
-    """The ASGI application; ``state`` is shared by every endpoint."""
+    """The ASGI application; ``state`` is shared by every endpoint.
+
+    ``mlaas4hep serve`` runs it through :class:`~mlaas4hep.serve.rsgi.RSGIApp`
+    (Granian's own interface, cheaper per request); any ASGI server can run it
+    as it is."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._fast = tfaas.FAST_ROUTES
+        self._direct = {
+            path: DirectRoute(_body_only(handler)) for path, handler in tfaas.FAST_ROUTES.items()
+        }
+        self._health = {
+            "/v2/health/live": DirectRoute(self._live, prediction=False),
+            "/v2/health/ready": DirectRoute(self._ready, prediction=False),
+        }
         self._router = Starlette(
             routes=[
                 *tfaas.routes(),
@@ -115,7 +161,7 @@ class MlaasApp:
                 *self._own_routes(),
             ],
             exception_handlers={ServeError: _serve_error, HTTPException: _http_error},
-            lifespan=self._lifespan,
+            lifespan=self.lifespan,
         )
         self._router.state.mlaas = state
 
@@ -149,57 +195,109 @@ class MlaasApp:
 
         state.metrics.in_flight += 1
         try:
-            fast = self._fast.get(path) if method == "POST" else None
-            target = v2_rest.infer_target(path) if method == "POST" and fast is None else None
-            if fast is not None or target is not None:
-                if state.auth.enabled:
-                    state.authorize(header(scope, b"authorization"), "read")
-                body = await read_body(receive, state.settings.max_request_bytes)
-                if fast is not None:
-                    reply = await fast(state, body)
-                else:
-                    length = header(scope, v2_rest.HEADER_LENGTH)
-                    reply = await v2_rest.infer_http(state, target, body, length)  # type: ignore[arg-type]
+            direct = self.direct_route(method, path)
+            if direct is not None:
+                reply = await self.answer_directly(
+                    direct,
+                    method,
+                    path,
+                    request_id,
+                    lambda name: header(scope, name.encode("latin-1")),
+                    lambda limit: read_body(receive, limit),
+                )
                 status = reply[0]
                 await respond(send, status, reply[1], reply[2], [*extra, *reply[3]])
                 answered = True
-            elif path.startswith("/v2/health/") and method == "GET":
-                await self._health(path, tracked)
-            else:
-                limit = self._limit(path, header(scope, b"content-type"))
-                length = header(scope, b"content-length")
-                if length is not None and length.isdigit() and int(length) > limit:
-                    raise PayloadTooLarge(
-                        f"the request body ({int(length):,} bytes) is larger than the "
-                        f"limit of {limit:,} bytes"
-                    )
-                await self._router(scope, limited(receive, limit), tracked)
+                return
+            limit = self._limit(path, header(scope, b"content-type"))
+            length = header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(
+                    f"the request body ({int(length):,} bytes) is larger than the "
+                    f"limit of {limit:,} bytes"
+                )
+            await self._router(scope, limited(receive, limit), tracked)
         except ServeError as error:
             status = error.status
             if not answered:
                 await respond(send, status, error_body(str(error)), headers=extra)
             answered = True
-            log.info(
-                "%s %s → %d: %s", method, path, status, error, extra={"request_id": request_id}
-            )
+            self._log_refusal(method, path, error, request_id)
         except Exception:
             log.exception("%s %s failed", method, path, extra={"request_id": request_id})
             if not answered:
-                body = dumps({"error": "internal error", "request_id": request_id})
-                await respond(send, 500, body, headers=extra)
+                await respond(send, 500, _internal_error(request_id), headers=extra)
         finally:
             state.metrics.in_flight -= 1
-            elapsed = time.perf_counter() - started
-            state.metrics.request(endpoint_label(path), method, status, elapsed)
-            if state.settings.access_log:
-                log.info(
-                    "%s %s %d %.2f ms",
-                    method,
-                    path,
-                    status,
-                    1e3 * elapsed,
-                    extra={"request_id": request_id},
+            self.finished(method, path, status, started, request_id)
+
+    def direct_route(self, method: str, path: str) -> DirectRoute | None:
+        """How ``method path`` is answered without the router (predictions and
+        health checks); None for the other requests."""
+        if method == "POST":
+            route = self._direct.get(path)
+            if route is not None:
+                return route
+            target = v2_rest.infer_target(path)
+            if target is not None:
+                return DirectRoute(
+                    lambda state, body, get_header: v2_rest.infer_http(
+                        state, target, body, get_header(_V2_HEADER_LENGTH)
+                    )
                 )
+        elif method == "GET" and path.startswith("/v2/health/"):
+            return self._health.get(path, _NO_HEALTH_ENDPOINT)
+        return None
+
+    async def answer_directly(
+        self,
+        route: DirectRoute,
+        method: str,
+        path: str,
+        request_id: str,
+        get_header: GetHeader,
+        read: ReadBody,
+    ) -> Reply:
+        """The reply of a :meth:`direct_route`, errors included (as JSON).
+
+        Predictions need the ``read`` scope and a body within ``max_request_bytes``.
+        """
+        state = self.state
+        try:
+            body = b""
+            if route.prediction:
+                if state.auth.enabled:
+                    state.authorize(get_header("authorization"), "read")
+                body = await read(state.settings.max_request_bytes)
+            return await route.handler(state, body, get_header)
+        except ServeError as error:
+            self._log_refusal(method, path, error, request_id)
+            return error.status, error_body(str(error)), JSON, []
+        except Exception:
+            log.exception("%s %s failed", method, path, extra={"request_id": request_id})
+            return 500, _internal_error(request_id), JSON, []
+
+    def finished(
+        self, method: str, path: str, status: int, started: float, request_id: str
+    ) -> None:
+        """Record an answered request in the metrics (and the access log when on)."""
+        elapsed = time.perf_counter() - started
+        self.state.metrics.request(endpoint_label(path), method, status, elapsed)
+        if self.state.settings.access_log:
+            log.info(
+                "%s %s %d %.2f ms",
+                method,
+                path,
+                status,
+                1e3 * elapsed,
+                extra={"request_id": request_id},
+            )
+
+    @staticmethod
+    def _log_refusal(method: str, path: str, error: ServeError, request_id: str) -> None:
+        log.info(
+            "%s %s → %d: %s", method, path, error.status, error, extra={"request_id": request_id}
+        )
 
     def _limit(self, path: str, content_type: str | None) -> int:
         settings = self.state.settings
@@ -211,16 +309,13 @@ class MlaasApp:
         )
         return settings.max_upload_bytes if uploads else settings.max_request_bytes
 
-    async def _health(self, path: str, send: Send) -> None:
-        if path == "/v2/health/live":
-            await respond(send, 200, b'{"live":true}')
-        elif path == "/v2/health/ready":
-            ready = not self.state.draining
-            await respond(
-                send, 200 if ready else 503, b'{"ready":%s}' % (b"true" if ready else b"false")
-            )
-        else:
-            await respond(send, 404, error_body(f"no endpoint {path}"))
+    async def _live(self, _state: ServerState, _body: bytes, _header: GetHeader) -> Reply:
+        return 200, b'{"live":true}', JSON, []
+
+    async def _ready(self, state: ServerState, _body: bytes, _header: GetHeader) -> Reply:
+        if state.draining:
+            return 503, b'{"ready":false}', JSON, []
+        return 200, b'{"ready":true}', JSON, []
 
     async def _index(self, _request: Request) -> Response:
         return json_response(
@@ -242,7 +337,8 @@ class MlaasApp:
         return json_response(openapi_schema())
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, _app: Starlette | None = None) -> AsyncIterator[None]:
+        """Start-up (models, poller, gRPC server) and shutdown (drain, close)."""
         state = self.state
         settings = state.settings
         poller: asyncio.Task[None] | None = None

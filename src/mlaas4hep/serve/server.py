@@ -1,4 +1,4 @@
-"""Run the application on Granian (a Rust HTTP server for ASGI applications).
+"""Run the application on Granian (a Rust HTTP server), through its RSGI interface.
 
 ``serve(settings)`` blocks until the server is stopped (SIGINT/SIGTERM): it then
 stops accepting connections, lets in-flight requests finish, and unloads the
@@ -24,6 +24,7 @@ from granian.server import Server
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.serve.app import create_app
 from mlaas4hep.serve.config import ServerSettings
+from mlaas4hep.serve.rsgi import RSGIApp
 
 SETTINGS_VARIABLE = "MLAAS4HEP_SERVE_SETTINGS"
 
@@ -66,7 +67,7 @@ def application() -> Any:
     settings = ServerSettings(**json.loads(raw)) if raw else ServerSettings()
     configure_logging(settings, int(os.environ.get("MLAAS4HEP_LOG_LEVEL", logging.INFO)))
     tune_garbage_collection()
-    return create_app(settings)
+    return RSGIApp(create_app(settings))
 
 
 def tune_garbage_collection() -> None:
@@ -99,7 +100,8 @@ def serve(settings: ServerSettings, *, log_level: int = logging.INFO) -> None:
         "mlaas4hep.serve.server:application",
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
+        websockets=False,
         workers=settings.workers,
         loop=Loops.auto,
         factory=True,
