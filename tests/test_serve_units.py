@@ -239,14 +239,3 @@ def test_the_shipped_proto_file_matches_the_messages() -> None:
                 assert actual.type == types[kind]
             else:
                 assert actual.message_type.name == kind
-
-
-def test_model_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlaas4hep.serve.config import ServerSettings
-
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert ServerSettings().model_threads is None  # one worker: the framework's default
-    assert ServerSettings(workers=2).model_threads == 4
-    assert ServerSettings(workers=3).model_threads == 2
-    assert ServerSettings(workers=16).model_threads == 1
-    assert ServerSettings(workers=2, threads=8).model_threads == 8  # set: kept

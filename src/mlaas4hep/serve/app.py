@@ -399,7 +399,7 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Mlaa
         policy=settings.policy,
         batching=settings.batching,
         cache_size=settings.cache_size,
-        threads=settings.model_threads,
+        threads=settings.threads,
         device=settings.device,
         observer_for=metrics.observer,
     )

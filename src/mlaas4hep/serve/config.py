@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import ipaddress
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,7 @@ class ServerSettings:
     max_queue_delay_ms: float = 0.0
     instances: int = 1
     threads: int | None = None
-    """Intra-op threads per model call (None: the cores shared out among the
-    workers, see :attr:`model_threads`)."""
+    """Intra-op threads per model call (None: the framework's default)."""
     device: str = "cpu"
     max_request_bytes: int = 64 * 2**20
     max_upload_bytes: int = 2 * 2**30
@@ -93,19 +91,6 @@ class ServerSettings:
             max_queue_delay=self.max_queue_delay_ms / 1e3,
             instances=self.instances,
         )
-
-    @property
-    def model_threads(self) -> int | None:
-        """The intra-op threads each model call gets: ``threads`` when set; with
-        several workers the cores divided among them (each worker's threads
-        would otherwise compete for all of them: 2 workers on 2 cores served
-        ~10 % more requests/s with one thread each); else the framework's
-        default (None)."""
-        if self.threads is not None:
-            return self.threads
-        if self.workers > 1:
-            return max(1, (os.cpu_count() or 1) // self.workers)
-        return None
 
     @property
     def policy(self) -> VersionPolicy:
