@@ -34,7 +34,7 @@ from mlaas4hep.serve.api import tfaas, v2_rest
 from mlaas4hep.serve.api.tfaas import Reply, json_response
 from mlaas4hep.serve.auth import load_authorizer
 from mlaas4hep.serve.config import ServerSettings
-from mlaas4hep.serve.errors import PayloadTooLarge, ServeError
+from mlaas4hep.serve.errors import ServeError
 from mlaas4hep.serve.grpc_server import start_grpc_server
 from mlaas4hep.serve.http import (
     JSON,
@@ -42,6 +42,7 @@ from mlaas4hep.serve.http import (
     Receive,
     Scope,
     Send,
+    check_announced_length,
     dumps,
     error_body,
     header,
@@ -210,12 +211,7 @@ class MlaasApp:
                 answered = True
                 return
             limit = self._limit(path, header(scope, b"content-type"))
-            length = header(scope, b"content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise PayloadTooLarge(
-                    f"the request body ({int(length):,} bytes) is larger than the "
-                    f"limit of {limit:,} bytes"
-                )
+            check_announced_length(header(scope, b"content-length"), limit)
             await self._router(scope, limited(receive, limit), tracked)
         except ServeError as error:
             status = error.status

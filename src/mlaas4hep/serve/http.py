@@ -36,7 +36,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     body = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         return bytes(body)
     chunks = [body]
     size = len(body)
@@ -45,12 +45,23 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def check_announced_length(content_length: str | None, limit: int) -> None:
+    """:class:`PayloadTooLarge` when a request's ``Content-Length`` is over ``limit``
+    (the body is then refused unread)."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLarge(
+            f"the request body ({int(content_length):,} bytes) is larger than the "
+            f"limit of {limit:,} bytes"
+        )
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The error for a body found over ``limit`` bytes while it is read."""
     return PayloadTooLarge(f"the request body is larger than the limit of {limit:,} bytes")
 
 
@@ -63,7 +74,7 @@ def limited(receive: Receive, limit: int) -> Receive:
         message = await receive()
         size += len(message.get("body", b""))
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         return message
 
     return wrapped

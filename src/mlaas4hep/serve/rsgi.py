@@ -18,8 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from mlaas4hep.serve.app import MlaasApp
-from mlaas4hep.serve.errors import PayloadTooLarge
-from mlaas4hep.serve.http import Message, Scope
+from mlaas4hep.serve.http import Message, Scope, check_announced_length, too_large
 
 
 class RSGIApp:
@@ -77,18 +76,14 @@ class RSGIApp:
 async def read_body(protocol: Any, content_length: str | None, limit: int) -> bytes:
     """The whole body; :class:`PayloadTooLarge` beyond ``limit`` bytes (refused
     unread when the request announces its length)."""
+    check_announced_length(content_length, limit)
     if content_length is not None and content_length.isdigit():
-        if int(content_length) > limit:
-            raise PayloadTooLarge(
-                f"the request body ({int(content_length):,} bytes) is larger than the "
-                f"limit of {limit:,} bytes"
-            )
         return bytes(await protocol())
     chunks, size = [], 0
     async for chunk in protocol:
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit:,} bytes")
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
