@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -50,7 +52,7 @@ from mlaas4hep.serve.http import (
     read_body,
     respond,
 )
-from mlaas4hep.serve.metrics import Metrics
+from mlaas4hep.serve.metrics import METRICS_DIR_VARIABLE, PUBLISH_INTERVAL, Metrics
 from mlaas4hep.serve.models import ModelManager
 from mlaas4hep.serve.openapi import openapi_schema
 from mlaas4hep.serve.repository import ModelRepository
@@ -343,6 +345,9 @@ class MlaasApp:
         if settings.model_control in ("poll", "startup"):
             poller = asyncio.create_task(self._poll(settings.poll_interval))
         grpc = await start_grpc_server(state) if settings.grpc_port else None
+        publisher = (
+            asyncio.create_task(self._publish_metrics()) if state.metrics.shared_dir else None
+        )
         log.info("serving %s", settings.repository)
         try:
             yield
@@ -355,6 +360,19 @@ class MlaasApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await state.models.close()
+            if publisher is not None:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
+                state.metrics.publish()
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL)
+            try:
+                self.state.metrics.publish()
+            except OSError:
+                log.exception("publishing this worker's metrics failed")
 
     async def _poll(self, interval: float) -> None:
         while True:
@@ -389,7 +407,8 @@ def create_app(settings: ServerSettings | None = None, **overrides: Any) -> Mlaa
     """The application for ``settings`` (defaults when None) updated by ``overrides``."""
     settings = (settings or ServerSettings()).replace(**overrides)
     repository = ModelRepository(settings.repository)
-    metrics = Metrics()
+    shared = os.environ.get(METRICS_DIR_VARIABLE)
+    metrics = Metrics(shared_dir=Path(shared) if shared else None)
     manager = ModelManager(
         repository,
         policy=settings.policy,

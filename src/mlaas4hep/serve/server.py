@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from granian.server import Server
 from mlaas4hep.errors import ConfigError
 from mlaas4hep.serve.app import create_app
 from mlaas4hep.serve.config import ServerSettings
+from mlaas4hep.serve.metrics import METRICS_DIR_VARIABLE
 from mlaas4hep.serve.rsgi import RSGIApp
 
 SETTINGS_VARIABLE = "MLAAS4HEP_SERVE_SETTINGS"
@@ -92,9 +94,11 @@ def serve(settings: ServerSettings, *, log_level: int = logging.INFO) -> None:
             raise ConfigError(f"{path} does not exist")
     os.environ[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
     os.environ["MLAAS4HEP_LOG_LEVEL"] = str(log_level)
-    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Every worker writes its metrics here; /metrics adds them up.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
+    shared_metrics = None
+    if settings.workers > 1 and METRICS_DIR_VARIABLE not in os.environ:
+        # Every worker publishes its metrics here; /metrics adds them up.
+        shared_metrics = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
+        os.environ[METRICS_DIR_VARIABLE] = shared_metrics
     configure_logging(settings, log_level)
     server = Server(
         "mlaas4hep.serve.server:application",
@@ -111,4 +115,8 @@ def serve(settings: ServerSettings, *, log_level: int = logging.INFO) -> None:
         ssl_key=Path(settings.tls_key) if settings.tls_key else None,
         respawn_failed_workers=True,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
