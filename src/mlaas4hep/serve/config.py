@@ -26,7 +26,7 @@ MODEL_CONTROL = ("poll", "startup", "explicit")
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Everything ``mlaas4hep serve`` can be told (see ``docs/serving.md``)."""
+    """Everything ``mlaas4hep serve`` can be told (the keys of ``server.yaml``)."""
 
     repository: str = "./models"
     host: str = "127.0.0.1"
