@@ -136,7 +136,7 @@ class DynamicBatcher:
         """The outputs of ``run`` for ``inputs`` (arrays sharing their first dimension)."""
         arrays = dict(inputs)
         rows = len(next(iter(arrays.values()))) if arrays else 0
-        signature = tuple((n, a.shape[1:], a.dtype.str) for n, a in arrays.items())
+        signature = tuple([(n, a.shape[1:], a.dtype.str) for n, a in arrays.items()])
         pending = _Pending(arrays, rows, signature, self._loop.create_future(), time.perf_counter())
         self._queue.append(pending)
         self._queued_rows += rows

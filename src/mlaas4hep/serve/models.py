@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +59,13 @@ class ServedModel:
         """The model's name."""
         return self.version.model
 
-    async def infer(
+    def infer(
         self, inputs: Mapping[str, np.ndarray], *, checked: bool = False
-    ) -> dict[str, np.ndarray]:
+    ) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
         """Run ``inputs`` through the batcher, after checking them against the
-        model unless the caller built them to fit (``checked``)."""
-        return await self.batcher.infer(inputs if checked else self.backend.check_inputs(inputs))
+        model unless the caller built them to fit (``checked``); awaited by the caller
+        (the batcher's own coroutine: one frame fewer on the path of every request)."""
+        return self.batcher.infer(inputs if checked else self.backend.check_inputs(inputs))
 
     def describe(self) -> dict[str, Any]:
         """Inputs, outputs, labels and feature names, as ``/models`` shows them."""
@@ -138,13 +139,17 @@ class ModelManager:
                 )
             name = self.default_model
         if ref is None:
-            served = self._serving.get(name)
-            if served is not None:
-                self._loaded.move_to_end((name, served.version.version))
-                return served
-            return await self._serve_default(name)
+            return self.current(name) or await self._serve_default(name)
         version = await self._run(self.repository.resolve, name, ref)
         return await self._load(version)
+
+    def current(self, name: str) -> ServedModel | None:
+        """The serving version of ``name`` when it is loaded (None: :meth:`get` loads
+        it); for the prediction paths, which need no coroutine when it is."""
+        served = self._serving.get(name)
+        if served is not None:
+            self._loaded.move_to_end((name, served.version.version))
+        return served
 
     async def _serve_default(self, name: str) -> ServedModel:
         """Load and serve the best version of ``name`` that loads."""

@@ -58,16 +58,14 @@ class RSGIApp:
                 headers.get,
                 lambda limit: read_body(protocol, headers.get("content-length"), limit),
             )
-            status = reply[0]
-            protocol.response_bytes(
-                status,
-                [
-                    ("content-type", reply[2].decode("latin-1")),
-                    ("x-request-id", request_id),
-                    *((k.decode("latin-1"), v.decode("latin-1")) for k, v in reply[3]),
-                ],
-                reply[1],
-            )
+            status, body, content_type, extra = reply
+            response_headers = [
+                ("content-type", content_type.decode("latin-1")),
+                ("x-request-id", request_id),
+            ]
+            if extra:
+                response_headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in extra]
+            protocol.response_bytes(status, response_headers, body)
         finally:
             app.state.metrics.in_flight -= 1
             app.finished(method, path, status, started, request_id)

@@ -55,7 +55,11 @@ _TFAAS_PARAMS = ("name", "model", "labels", "options", "inputNode", "outputNode"
 
 
 async def _predict(state: ServerState, request: RowRequest) -> tuple[ServedModel, np.ndarray]:
-    served = await state.models.get(request.model, request.version)
+    served = None
+    if request.model and request.version is None:
+        served = state.models.current(request.model)
+    if served is None:  # not loaded yet, a version or tag named, or the default model
+        served = await state.models.get(request.model, request.version)
     layout = served.extras.get("rows")
     if layout is None:
         layout = served.extras["rows"] = RowLayout.of(served.name, served.backend)
