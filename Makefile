@@ -63,6 +63,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/loader.py --epochs 5 --workloads small
 	$(BIN)/python benchmarks/train_models.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python -P benchmarks/serving_instructions.py
 	$(BIN)/python -P benchmarks/triton.py
 	$(BIN)/python -P benchmarks/predict.py
 
