@@ -61,6 +61,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/transform.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/loader.py --epochs 5 --workloads small
+	$(BIN)/python benchmarks/open_tree.py
 	$(BIN)/python benchmarks/train_models.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python -P benchmarks/serving_instructions.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from helpers import check_consistent, write_indexed
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.chunk import Chunk
 from mlaas4hep.data.reader import EventStream, parse_step
+from mlaas4hep.data.rootfile import collector_paused, get_tree, open_root
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.errors import ConfigError, DataError
 
@@ -227,3 +229,52 @@ def test_skip_bad_files_reports_and_goes_on(
     assert how in stream.skipped[bad.url] or "cannot" in stream.skipped[bad.url]
     events = events_of(chunks)
     assert np.isin(np.arange(SIZES[0]), events).all()  # the good file is read whole
+
+
+def test_tree_metadata_is_read_with_the_collector_paused(
+    dataset: list[Source], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    original = uproot.ReadOnlyDirectory.__getitem__
+
+    def getitem(self: uproot.ReadOnlyDirectory, where: str) -> object:
+        seen.append(gc.isenabled())
+        return original(self, where)
+
+    monkeypatch.setattr(uproot.ReadOnlyDirectory, "__getitem__", getitem)
+    assert gc.isenabled()
+    with open_root(dataset[0].url) as directory:
+        tree = get_tree(directory, None, path=dataset[0].url)
+        assert tree.num_entries == SIZES[0]
+    assert seen == [False]  # the tree was read with the collector off
+    assert gc.isenabled()  # and it is back on
+
+
+def test_collector_pauses_overlap_across_threads_and_keep_a_disabled_collector() -> None:
+    inside = threading.Barrier(2)
+    leave_second = threading.Event()
+    states: dict[str, bool] = {}
+
+    def second() -> None:
+        with collector_paused():
+            inside.wait()
+            leave_second.wait()
+        states["after second"] = gc.isenabled()
+
+    thread = threading.Thread(target=second)
+    with collector_paused():
+        thread.start()
+        inside.wait()  # both blocks are running now
+    states["after first"] = gc.isenabled()  # the second is still inside
+    leave_second.set()
+    thread.join()
+    assert states == {"after first": False, "after second": True}
+    assert gc.isenabled()
+
+    gc.disable()  # a program that turned it off keeps it off
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -9,9 +9,12 @@ exponential backoff; anything else, and the last failure, becomes a
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,11 +210,49 @@ def get_tree(directory: Any, tree: str | None, *, path: str) -> Any:
         listing = ", ".join(available) if available else "none"
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
     try:
-        return directory[tree]
+        with collector_paused():
+            return directory[tree]
     except Exception as exc:
         raise DataError(
             f"cannot read tree {tree!r} of {path}: {describe_exception(exc)}", path=path
         ) from exc
+
+
+@dataclass
+class _CollectorPauses:
+    """The :func:`collector_paused` blocks running now, in any thread."""
+
+    lock: threading.Lock
+    running: int = 0
+    collector_was_on: bool = False
+
+
+_PAUSES = _CollectorPauses(threading.Lock())
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration of the block.
+
+    Reading a TTree's metadata builds tens of thousands of small Python objects
+    (uproot models of every branch and leaf), which sets off many collections
+    that find nothing to free; each one walks the whole heap, so in a process
+    holding torch or a model they are a third or more of the time to open a
+    file. Blocks may overlap across threads: the collector comes back when the
+    last one ends, and only if it was on when the first one began.
+    """
+    with _PAUSES.lock:
+        if _PAUSES.running == 0:
+            _PAUSES.collector_was_on = gc.isenabled()
+            gc.disable()
+        _PAUSES.running += 1
+    try:
+        yield
+    finally:
+        with _PAUSES.lock:
+            _PAUSES.running -= 1
+            if _PAUSES.running == 0 and _PAUSES.collector_was_on:
+                gc.enable()
 
 
 def is_rntuple(tree: Any) -> bool:

@@ -288,6 +288,8 @@ def _root_events(
 ) -> tuple[ak.Array, str]:
     import uproot  # noqa: PLC0415 - imported on use: slow to import
 
+    from mlaas4hep.data.rootfile import collector_paused  # noqa: PLC0415 - imports uproot
+
     try:
         file = uproot.open(io.BytesIO(data))
         classes = file.classnames(cycle=False)
@@ -302,7 +304,8 @@ def _root_events(
         raise BadRequest(f"the ROOT file has no tree {tree!r}; it holds {trees}")
     where = f"tree {tree!r}"
     try:
-        source = file[tree]
+        with collector_paused():
+            source = file[tree]
         present = set(source.keys())
         branches = [name for name in dict.fromkeys(wanted) if name in present]
         entries = int(source.num_entries)
