@@ -79,7 +79,8 @@ def _kept_in(parts: Iterator[NumpyBatch], kept: list[NumpyBatch]) -> Iterator[Nu
 
 def _permuted(part: NumpyBatch, rng: np.random.Generator) -> NumpyBatch:
     order = rng.permutation(len(next(iter(part.values()))))
-    return {k: v[order] for k, v in part.items()}
+    # np.take copies whole rows; indexing with ``v[order]`` is 2-3x slower on 2-d arrays
+    return {k: np.take(v, order, axis=0) for k, v in part.items()}
 
 
 def fill_padding(batch: NumpyBatch, value: float) -> NumpyBatch:
