@@ -48,6 +48,22 @@ def test_help_and_version() -> None:
     assert run("--version").stdout.startswith("mlaas4hep ")
 
 
+def test_runs_that_used_torch_end_without_xrootd_exit_warnings() -> None:
+    # XRootD's exit hook touches every object, torch's deprecated reduce_op included
+    code = (
+        "import sys, torch.distributed, XRootD.client\n"
+        "from mlaas4hep.cli import main\n"
+        "sys.argv = ['mlaas4hep', '--version']\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mlaas4hep ")
+    assert "Warning" not in result.stderr, result.stderr
+
+
 def test_stream_json_summary(listed: tuple[Path, Path]) -> None:
     listing, labels = listed
     result = run(

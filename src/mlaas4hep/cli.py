@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -680,6 +681,12 @@ def client(
 
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into messages."""
+    # XRootD's exit hook calls isinstance() on every live object, which touches
+    # torch's deprecated ``torch.distributed.reduce_op`` and would end every run
+    # that used torch with this FutureWarning.
+    warnings.filterwarnings(
+        "ignore", message="`torch.distributed.reduce_op` is deprecated", category=FutureWarning
+    )
     try:
         app()
     except MlaasError as exc:
