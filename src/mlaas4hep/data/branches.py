@@ -59,14 +59,20 @@ def close_matches(name: str, names: Sequence[str], n: int = 5) -> str:
 
 
 def select_branches(
-    available: Sequence[str], include: Patterns = None, exclude: Patterns = None, *, where: str = ""
+    available: Sequence[str],
+    include: Patterns = None,
+    exclude: Patterns = None,
+    *,
+    where: str = "",
+    hints: Sequence[str] | None = None,
 ) -> list[str]:
     """Apply include then exclude patterns to ``available``.
 
     Without include patterns every branch is taken. The result follows the
     order of the include patterns (each pattern's matches in file order),
     without duplicates. A pattern that selects nothing is an error naming it
-    and the closest branch names; ``where`` (a file name) goes into the message.
+    and the closest branch names (among ``hints``, default ``available``);
+    ``where`` (a file name) goes into the message.
     """
     location = f" in {where}" if where else ""
     chosen: list[str] = []
@@ -76,10 +82,8 @@ def select_branches(
             found = matches(pattern, available)
             if not found:
                 what = "branch" if pattern == pattern.strip("*?[") else "pattern"
-                raise DataError(
-                    f"unknown {what} {pattern!r}{location}{close_matches(pattern, available)}",
-                    path=where or None,
-                )
+                hint = close_matches(pattern, available if hints is None else hints)
+                raise DataError(f"unknown {what} {pattern!r}{location}{hint}", path=where or None)
             chosen.extend(found)
         chosen = list(dict.fromkeys(chosen))
     else:
@@ -104,15 +108,21 @@ class BranchSelection:
     exclude: Patterns = None
     identifiers: Patterns = None
 
-    def resolve(self, available: Sequence[str], *, where: str = "") -> tuple[list[str], list[str]]:
-        """Return ``(features, identifiers)`` chosen among ``available``."""
+    def resolve(
+        self, available: Sequence[str], *, where: str = "", hints: Sequence[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Return ``(features, identifiers)`` chosen among ``available``.
+
+        ``hints`` are the names that messages about a missing branch suggest
+        from (default ``available``).
+        """
         if self.identifiers is None:
             identifiers = [name for name in DEFAULT_IDENTIFIERS if name in available]
         elif parse_patterns(self.identifiers):
-            identifiers = select_branches(available, self.identifiers, where=where)
+            identifiers = select_branches(available, self.identifiers, where=where, hints=hints)
         else:  # an empty list or string: no identifiers at all
             identifiers = []
-        features = select_branches(available, self.include, self.exclude, where=where)
+        features = select_branches(available, self.include, self.exclude, where=where, hints=hints)
         id_set = set(identifiers)
         features = [name for name in features if name not in id_set]
         if not features:
@@ -120,3 +130,22 @@ class BranchSelection:
                 f"the branch selection leaves no feature branch{' in ' + where if where else ''}"
             )
         return features, identifiers
+
+    @property
+    def narrows(self) -> bool:
+        """Whether the selection names its branches (rather than taking them all)."""
+        return bool(parse_patterns(self.include))
+
+    def candidates(self, available: Sequence[str]) -> list[str]:
+        """The names in ``available`` that :meth:`resolve` may choose: a superset.
+
+        Used to read the metadata of these branches only; exclusions are left
+        to :meth:`resolve`, and a pattern that matches nothing here is reported
+        there.
+        """
+        patterns = [*parse_patterns(self.include)]
+        if self.identifiers is None:
+            patterns.extend(DEFAULT_IDENTIFIERS)
+        else:
+            patterns.extend(parse_patterns(self.identifiers))
+        return list(dict.fromkeys(name for p in patterns for name in matches(p, available)))

@@ -27,6 +27,7 @@ import uproot
 
 from mlaas4hep.data.branches import BranchSelection, close_matches
 from mlaas4hep.data.chunk import Chunk
+from mlaas4hep.data.pruned_tree import listed_branch_names
 from mlaas4hep.data.rootfile import (
     NO_RETRY,
     RetryPolicy,
@@ -100,6 +101,7 @@ class OpenSource:
     stop: int
     branches: list[str]
     clusters: list[int]
+    listed: list[str]  # every top-level branch name, also those whose metadata was not read
 
     @property
     def entries(self) -> int:
@@ -262,7 +264,7 @@ class EventStream:
         self._opened = self._open_all()
         first = self._opened[0]
         self.features, self.identifiers = self.selection.resolve(
-            first.branches, where=first.source.url
+            first.branches, where=first.source.url, hints=first.listed
         )
         for opened in self._opened[1:]:
             self._check_branches(opened)
@@ -290,7 +292,9 @@ class EventStream:
         source = self.sources[index]
         policy = self._policy(source.url) if retried else NO_RETRY
         directory = open_root(source.url, policy=policy)
-        tree = get_tree(directory, source.tree or self.tree_name, path=source.url)
+        # Only the selected branches' metadata is read, when the selection names them.
+        choose = self.selection.candidates if self.selection.narrows else None
+        tree = get_tree(directory, source.tree or self.tree_name, path=source.url, branches=choose)
         with self._lock:
             self._open[index] = tree
             evicted = []
@@ -313,6 +317,7 @@ class EventStream:
             try:
                 entries = int(tree.num_entries)
                 fields = _visible_fields(tree)
+                listed = fields if is_rntuple(tree) else listed_branch_names(tree)
                 clusters = _cluster_edges(tree)
             except Exception as exc:
                 raise DataError(
@@ -321,7 +326,7 @@ class EventStream:
                 ) from exc
             stop = entries if source.entry_stop is None else min(source.entry_stop, entries)
             start = min(max(0, source.entry_start), stop)
-            return OpenSource(index, source, start, stop, fields, clusters)
+            return OpenSource(index, source, start, stop, fields, clusters, listed)
         except DataError as exc:
             if not self.skip_bad_files:
                 raise
@@ -346,7 +351,7 @@ class EventStream:
                 raise DataError(
                     f"branch {name!r} is missing in {opened.source.url} "
                     f"(present in {self._opened[0].source.url})"
-                    f"{close_matches(name, opened.branches)}",
+                    f"{close_matches(name, opened.listed)}",
                     path=opened.source.url,
                 )
 

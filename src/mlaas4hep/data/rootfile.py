@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import uproot
 
+from mlaas4hep.data.pruned_tree import ChooseBranches, read_pruned_tree
 from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,18 @@ def tree_names(directory: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def get_tree(directory: Any, tree: str | None, *, path: str) -> Any:
+def get_tree(
+    directory: Any, tree: str | None, *, path: str, branches: ChooseBranches | None = None
+) -> Any:
     """The tree (TTree or RNTuple) called ``tree`` in ``directory``.
 
     With ``tree=None`` the file must hold exactly one tree-like object (or one
     called ``Events``, the NanoAOD name, next to bookkeeping trees).
+
+    ``branches`` picks, from a TTree's top-level branch names, the ones whose
+    metadata is read (see :mod:`mlaas4hep.data.pruned_tree`; the names of all
+    of them stay available through :func:`listed_branch_names`). Without it,
+    or where the tree cannot be read that way, every branch is.
     """
     available = tree_names(directory)
     if tree is None:
@@ -211,6 +219,11 @@ def get_tree(directory: Any, tree: str | None, *, path: str) -> Any:
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
     try:
         with collector_paused():
+            if branches is not None:
+                try:
+                    return read_pruned_tree(directory, tree, branches)
+                except Exception as exc:  # noqa: BLE001 - any layout it cannot step over: read it all
+                    log.debug("reading all branches of %s in %s: %s", tree, path, exc)
             return directory[tree]
     except Exception as exc:
         raise DataError(

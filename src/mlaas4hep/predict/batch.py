@@ -48,6 +48,7 @@ import numpy as np
 import uproot
 
 from mlaas4hep.data.branches import BranchSelection
+from mlaas4hep.data.pruned_tree import no_branches
 from mlaas4hep.data.reader import EventStream
 from mlaas4hep.data.rootfile import get_tree, is_remote, open_root, release
 from mlaas4hep.data.sources import Source, resolve_sources
@@ -363,7 +364,8 @@ def resolve_inputs(inputs: Sequence[str], *, redirector: str | None = None) -> l
 def _entries(source: Source, tree: str | None) -> int:
     directory = open_root(source.url)
     try:
-        return int(get_tree(directory, source.tree or tree, path=source.url).num_entries)
+        found = get_tree(directory, source.tree or tree, path=source.url, branches=no_branches)
+        return int(found.num_entries)
     finally:
         release(directory)
 

@@ -19,6 +19,7 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep.data.branches import BranchSelection, matches, parse_patterns
+from mlaas4hep.data.pruned_tree import no_branches
 from mlaas4hep.data.reader import EventStream
 from mlaas4hep.data.rootfile import get_tree, open_root
 from mlaas4hep.data.shuffle import apportion
@@ -259,7 +260,8 @@ def identify_inputs(
     found = []
     for source in sources:
         directory = open_root(source.url)
-        entries = int(get_tree(directory, source.tree or tree, path=source.url).num_entries)
+        found_tree = get_tree(directory, source.tree or tree, path=source.url, branches=no_branches)
+        entries = int(found_tree.num_entries)
         stop = entries if source.entry_stop is None else min(entries, source.entry_stop)
         found.append((source, str(directory.file.uuid), max(0, stop - source.entry_start)))
     sizes = [n for _, _, n in found]
