@@ -148,4 +148,10 @@ class BranchSelection:
             patterns.extend(DEFAULT_IDENTIFIERS)
         else:
             patterns.extend(parse_patterns(self.identifiers))
-        return list(dict.fromkeys(name for p in patterns for name in matches(p, available)))
+        # a spec lists hundreds of plain names: look those up at once, match the rest
+        plain = {p for p in patterns if not (_is_regex(p) or any(c in p for c in "*?["))}
+        chosen = [name for name in available if name in plain]
+        for pattern in patterns:
+            if pattern not in plain:
+                chosen.extend(matches(pattern, available))
+        return list(dict.fromkeys(chosen))

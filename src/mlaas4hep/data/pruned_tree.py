@@ -33,6 +33,7 @@ the caller to read the whole tree instead.
 from __future__ import annotations
 
 import bisect
+import logging
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ from typing import Any
 
 import uproot
 from uproot.behaviors.TTree import TTree
-from uproot.deserialization import numbytes_version, read_object_any
+from uproot.deserialization import read_object_any
 from uproot.models.TObjArray import Model_TObjArray as _UprootTObjArray
 from uproot.source.cursor import Cursor
+
+log = logging.getLogger(__name__)
 
 ChooseBranches = Callable[[Sequence[str]], Collection[str]]
 """Given the names of a tree's top-level plain branches in file order, the ones
@@ -51,6 +54,7 @@ to parse (other kinds of branch are always parsed)."""
 _UINT32 = struct.Struct(">I")
 _INT16 = struct.Struct(">h")
 _TWO_INT32 = struct.Struct(">ii")
+_TWO_UINT32 = struct.Struct(">II")
 _BYTE_COUNT = int(uproot.const.kByteCountMask)
 _NEW_CLASS = int(uproot.const.kNewClassTag)
 _CLASS_MASK = int(uproot.const.kClassMask)
@@ -89,6 +93,9 @@ class _Elements:
         self.file = file
         self.selffile = selffile
         self.origin = 0
+        # the tree's decompressed bytes, peeked at without uproot's cursors
+        self.data = bytes(chunk.raw_data)
+        self.class_names: dict[int, str] = {}  # new-class tag position -> class name
         self.items: list[_Element] = []
         self.begins: list[int] = []
         self.parsed: dict[int, Any] = {}  # element begin -> branch model
@@ -146,9 +153,7 @@ class _References(dict[int, Any]):
             return False  # parsed: anything it defines is already known
         first = _uint32_at(elements, displacement)
         if first == _NEW_CLASS:
-            cursor = Cursor(elements.origin + displacement + 4, origin=elements.origin)
-            classname = cursor.classname(elements.chunk, elements.context)
-            self[key] = elements.file.class_named(classname)
+            self[key] = elements.file.class_named(_class_at(elements, displacement))
             return True
         if elements.pull_objects and first & _BYTE_COUNT:
             elements.parse(index)
@@ -156,24 +161,51 @@ class _References(dict[int, Any]):
         return False
 
 
+def _offset(elements: _Elements, displacement: int) -> int:
+    """Where ``displacement`` (from the cursor origin) lies in ``elements.data``."""
+    return int(elements.origin + displacement - elements.chunk.start)
+
+
 def _uint32_at(elements: _Elements, displacement: int) -> int:
     """The 4-byte unsigned integer at ``displacement`` of the tree's buffer."""
-    cursor = Cursor(elements.origin + displacement, origin=elements.origin)
-    return int(cursor.field(elements.chunk, _UINT32, elements.context))
+    return int(_UINT32.unpack_from(elements.data, _offset(elements, displacement))[0])
 
 
-def _peek_name(chunk: Any, cursor: Cursor, context: dict[str, Any]) -> str:
-    """The name of the TBranch whose streamed members start at ``cursor``."""
-    numbytes_version(chunk, cursor, context)  # TBranch
-    numbytes_version(chunk, cursor, context)  # its TNamed base
-    version = cursor.field(chunk, _INT16, context)  # TObject
-    if version & _VERSION_BYTE_COUNT:
-        cursor.skip(4)
-    cursor.skip(4)  # fUniqueID
-    bits = cursor.field(chunk, _UINT32, context)
-    if bits & _IS_REFERENCED:
-        cursor.skip(2)
-    return str(cursor.string(chunk, context))
+def _c_string(data: bytes, offset: int) -> tuple[str, int]:
+    """The null-terminated string at ``offset``, and the offset past it."""
+    stop = data.index(0, offset)
+    return data[offset:stop].decode(errors="surrogateescape"), stop + 1
+
+
+def _class_at(elements: _Elements, displacement: int) -> str:
+    """The class name that the new-class tag at ``displacement`` defines."""
+    if displacement not in elements.class_names:
+        if _uint32_at(elements, displacement) != _NEW_CLASS:
+            raise CannotPrune("a class tag that points to no class name")
+        offset = _offset(elements, displacement) + 4
+        elements.class_names[displacement] = _c_string(elements.data, offset)[0]
+    return elements.class_names[displacement]
+
+
+def _past_version(data: bytes, offset: int) -> int:
+    """The offset past a streamer's version header, with or without its byte count."""
+    return offset + (6 if _UINT32.unpack_from(data, offset)[0] & _BYTE_COUNT else 2)
+
+
+def _branch_name(data: bytes, offset: int) -> str:
+    """The name of the TBranch whose streamed members start at ``offset``."""
+    offset = _past_version(data, offset)  # TBranch
+    offset = _past_version(data, offset)  # its TNamed base
+    version = _INT16.unpack_from(data, offset)[0]  # TObject
+    offset += 6 if version & _VERSION_BYTE_COUNT else 2
+    bits = _UINT32.unpack_from(data, offset + 4)[0]  # after fUniqueID
+    offset += 10 if bits & _IS_REFERENCED else 8
+    size = data[offset]
+    offset += 1
+    if size == 255:
+        size = _UINT32.unpack_from(data, offset)[0]
+        offset += 4
+    return data[offset : offset + size].decode(errors="surrogateescape")
 
 
 class _PruningFile:
@@ -241,7 +273,9 @@ class Model_TObjArray(_UprootTObjArray):  # type: ignore[misc]  # uproot is unty
         elements.origin = cursor.origin
         elements.parent = self._parent
         for _ in range(self._members["fSize"]):
-            elements.items.append(_peek(chunk, cursor, context, elements))
+            element = _peek(elements, cursor.displacement())
+            elements.items.append(element)
+            cursor.move_to(cursor.origin + element.end)
         elements.begins = [e.begin for e in elements.items]
         names = [e.name for e in elements.items if e.name is not None]
         chosen = set(file.choose(names))
@@ -261,26 +295,23 @@ class Model_TObjArray(_UprootTObjArray):  # type: ignore[misc]  # uproot is unty
         ]
 
 
-def _peek(chunk: Any, cursor: Cursor, context: Any, elements: _Elements) -> _Element:
-    """Step over one element of the branch list, noting where it lies and its name."""
-    begin = cursor.displacement()
-    byte_count = cursor.field(chunk, _UINT32, context)
+def _peek(elements: _Elements, begin: int) -> _Element:
+    """What the branch-list element at displacement ``begin`` is, and where it ends."""
+    data = elements.data
+    offset = _offset(elements, begin)
+    byte_count, tag = _TWO_UINT32.unpack_from(data, offset)
     if not byte_count & _BYTE_COUNT:
         raise CannotPrune("a branch-list element without a byte count")
     end = begin + (byte_count & ~_BYTE_COUNT) + 4
-    tag = cursor.field(chunk, _UINT32, context)
+    offset += 8
     if tag == _NEW_CLASS:
-        classname = str(cursor.classname(chunk, context))
+        classname, offset = _c_string(data, offset)
+        elements.class_names[begin + 4] = classname
     elif tag & _CLASS_MASK:
-        at = (tag & ~_CLASS_MASK) - _MAP_OFFSET
-        if _uint32_at(elements, at) != _NEW_CLASS:
-            raise CannotPrune("a class tag that points to no class name")
-        named = Cursor(elements.origin + at + 4, origin=elements.origin)
-        classname = str(named.classname(chunk, context))
+        classname = _class_at(elements, (tag & ~_CLASS_MASK) - _MAP_OFFSET)
     else:
         raise CannotPrune("a branch-list element that is a reference")
-    name = _peek_name(chunk, cursor, context) if classname == "TBranch" else None
-    cursor.move_to(cursor.origin + end)
+    name = _branch_name(data, offset) if classname == "TBranch" else None
     return _Element(begin, end, classname, name)
 
 
@@ -303,6 +334,20 @@ def read_pruned_tree(directory: Any, name: str, choose: ChooseBranches) -> Any:
     if elements.parent is None:
         raise CannotPrune("the tree's branch list was not read")
     return tree
+
+
+def read_tree(directory: Any, name: str, choose: ChooseBranches | None) -> Any:
+    """Tree ``name`` of ``directory``, pruned by ``choose`` where it can be.
+
+    A tree that cannot be pruned (an RNTuple, a layout :func:`read_pruned_tree`
+    does not step over), or ``choose=None``, is read whole by uproot.
+    """
+    if choose is not None:
+        try:
+            return read_pruned_tree(directory, name, choose)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the pruned read, uproot reads it all
+            log.debug("reading every branch of %s: %s", name, exc)
+    return directory[name]
 
 
 def no_branches(_names: Sequence[str]) -> Collection[str]:

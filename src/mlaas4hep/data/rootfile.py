@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import uproot
 
-from mlaas4hep.data.pruned_tree import ChooseBranches, read_pruned_tree
+from mlaas4hep.data.pruned_tree import ChooseBranches, read_tree
 from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -219,12 +219,7 @@ def get_tree(
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
     try:
         with collector_paused():
-            if branches is not None:
-                try:
-                    return read_pruned_tree(directory, tree, branches)
-                except Exception as exc:  # noqa: BLE001 - any layout it cannot step over: read it all
-                    log.debug("reading all branches of %s in %s: %s", tree, path, exc)
-            return directory[tree]
+            return read_tree(directory, tree, branches)
     except Exception as exc:
         raise DataError(
             f"cannot read tree {tree!r} of {path}: {describe_exception(exc)}", path=path

@@ -288,6 +288,7 @@ def _root_events(
 ) -> tuple[ak.Array, str]:
     import uproot  # noqa: PLC0415 - imported on use: slow to import
 
+    from mlaas4hep.data.pruned_tree import read_tree  # noqa: PLC0415 - imports uproot
     from mlaas4hep.data.rootfile import collector_paused  # noqa: PLC0415 - imports uproot
 
     try:
@@ -305,7 +306,8 @@ def _root_events(
     where = f"tree {tree!r}"
     try:
         with collector_paused():
-            source = file[tree]
+            # Only the metadata of the branches the model reads (NanoAOD has ~1,500).
+            source = read_tree(file, tree, lambda _names: wanted)
         present = set(source.keys())
         branches = [name for name in dict.fromkeys(wanted) if name in present]
         entries = int(source.num_entries)
