@@ -20,7 +20,7 @@ from mlaas4hep.datasets import generate_dataset
 from mlaas4hep.errors import DataError
 from mlaas4hep.transform.scan import ScanOptions, scan, spec_from_events
 from mlaas4hep.transform.spec import FeatureSpec, Normalization
-from mlaas4hep.transform.vector import VectorTransform
+from mlaas4hep.transform.vector import VectorTransform, _normalise_into
 
 
 def normalised(value: float, norm: Normalization) -> float:
@@ -212,3 +212,20 @@ def test_random_jagged_arrays(
     # shuffled (indexed) layouts give the same rows
     order = np.random.default_rng(0).permutation(n)
     assert_matches(VectorTransform(spec).flat(events[order]).x, out.x[order])
+
+
+def test_load_kernels_compiles_what_the_data_will_call() -> None:
+    def uint16_kernels() -> list[tuple]:
+        return [sig for sig in _normalise_into.signatures if "uint16" in str(sig[1])]
+
+    # a branch type no other test uses, so its kernel is compiled here
+    events = ak.Array({"n": np.array([2, 0], dtype=np.uint16), "C_q": ak.Array([[1, 2], []])})
+    events["C_q"] = ak.values_astype(events["C_q"], np.uint16)
+    spec = spec_from_events(events, ScanOptions(length=2))
+    assert uint16_kernels() == []
+    VectorTransform(spec).load_kernels()
+    loaded = uint16_kernels()
+    assert loaded
+    out = VectorTransform(spec).flat(events)  # the data's call needs no new compilation
+    assert uint16_kernels() == loaded
+    assert out.mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -131,6 +131,7 @@ class EventBatches:
         self._kept: tuple[int, EventStream] | None = None  # (process id, open stream)
         self._busy = False
         self._cached: dict[Shard, NumpyBatch] = {}  # the tensors of each complete shard
+        VectorTransform(self.spec).load_kernels()  # here, before any worker forks
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the next iteration reads (a new shuffle per epoch)."""
