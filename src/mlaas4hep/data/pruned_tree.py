@@ -37,6 +37,7 @@ import logging
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import uproot
@@ -73,18 +74,17 @@ class _Element:
 
     begin: int  # cursor displacement of its byte count
     end: int  # displacement just past it
-    classname: str
     name: str | None  # the branch name, peeked for plain TBranch elements only
 
 
 class _Elements:
     """The branch list's elements, parsed only when wanted or pointed to.
 
-    Also the reference table (``Cursor.refs``) of the whole tree read: a
-    dictionary of what was read, keyed by position, that looks up the class
-    tags and objects lying in elements not parsed (yet) when uproot asks for
-    them. As in a full read, only positions before the element being parsed
-    can be referred to; later ones stay unresolved (uproot then skips them).
+    ``refs`` is the reference table (``Cursor.refs``) of the whole tree read:
+    what was read, keyed by position, which also looks up the class tags and
+    objects lying in elements not parsed (yet) when uproot asks for them. As in
+    a full read, only positions before the element being parsed can be
+    referred to; later ones stay unresolved (uproot then skips them).
     """
 
     def __init__(self, chunk: Any, context: dict[str, Any], file: Any, selffile: Any) -> None:
@@ -124,7 +124,7 @@ class _Elements:
             finally:
                 self.current = previous
             if cursor.displacement() != element.end:
-                raise CannotPrune(f"branch {element.name!r} did not end where its size says")
+                raise CannotPrune(f"branch-list element {index} does not end where its size says")
             self.parsed[element.begin] = branch
         return self.parsed[element.begin]
 
@@ -141,7 +141,9 @@ class _References(dict[int, Any]):
         self.elements = elements
 
     def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or (isinstance(key, int) and self._resolve(int(key)))
+        if dict.__contains__(self, key):
+            return True
+        return isinstance(key, Integral) and self._resolve(int(key))
 
     def _resolve(self, key: int) -> bool:
         elements = self.elements
@@ -312,7 +314,7 @@ def _peek(elements: _Elements, begin: int) -> _Element:
     else:
         raise CannotPrune("a branch-list element that is a reference")
     name = _branch_name(data, offset) if classname == "TBranch" else None
-    return _Element(begin, end, classname, name)
+    return _Element(begin, end, name)
 
 
 def read_pruned_tree(directory: Any, name: str, choose: ChooseBranches) -> Any:
