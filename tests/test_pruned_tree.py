@@ -8,7 +8,7 @@ from pathlib import Path
 import awkward as ak
 import pytest
 import uproot
-from conftest import shared_file
+from conftest import XRootDServer, shared_file
 
 from mlaas4hep.data import pruned_tree
 from mlaas4hep.data.branches import BranchSelection
@@ -20,7 +20,7 @@ from mlaas4hep.data.pruned_tree import (
     read_pruned_tree,
 )
 from mlaas4hep.data.reader import EventStream
-from mlaas4hep.data.rootfile import get_tree
+from mlaas4hep.data.rootfile import get_tree, open_root
 from mlaas4hep.data.sources import Source, resolve_sources
 from mlaas4hep.datasets import generate_dataset
 from mlaas4hep.errors import DataError
@@ -157,3 +157,14 @@ def test_candidates_cover_what_resolve_chooses() -> None:
     assert set(BranchSelection(include="Jet_pt").candidates(names)) == {"Jet_pt", "run", "event"}
     wild = BranchSelection(include="Jet_*,/PV_./", identifiers=["luminosityBlock"])
     assert set(wild.candidates(names)) == {"Jet_pt", "Jet_eta", "PV_x"}
+
+
+@pytest.mark.xrootd
+def test_pruned_read_over_xrootd_equals_local(xrootd_server: XRootDServer) -> None:
+    local = shared_file("nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    url = xrootd_server.publish(local)
+    pick = ["Muon_pt", "Electron_eta", "MET_pt", "event"]
+    with open_root(url) as directory:
+        remote = get_tree(directory, "Events", path=url, branches=chosen(pick))
+        assert set(remote.keys()) == {*pick, "nMuon", "nElectron"}
+        assert_same_branches(remote, uproot.open(local)["Events"], remote.keys())
