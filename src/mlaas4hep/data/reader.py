@@ -101,7 +101,7 @@ class OpenSource:
     stop: int
     branches: list[str]
     clusters: list[int]
-    listed: list[str]  # every top-level branch name, also those whose metadata was not read
+    listed: list[str]  # for hints: every branch name, also those whose metadata was not read
 
     @property
     def entries(self) -> int:
@@ -317,7 +317,7 @@ class EventStream:
             try:
                 entries = int(tree.num_entries)
                 fields = _visible_fields(tree)
-                listed = fields if is_rntuple(tree) else listed_branch_names(tree)
+                listed = fields if is_rntuple(tree) else [*listed_branch_names(tree), *fields]
                 clusters = _cluster_edges(tree)
             except Exception as exc:
                 raise DataError(
