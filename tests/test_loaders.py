@@ -68,6 +68,27 @@ def test_batches_inside_a_part_are_views() -> None:
     assert np.shares_memory(second["a"], part["a"])
 
 
+def test_batches_from_workers_arrive_as_the_same_tensors(
+    data: tuple[list[Source], FeatureSpec],
+) -> None:
+    sources, spec = data
+    dataset = TorchEvents(sources, spec, batch_size=100, seed=3, stream_options={"step_size": 300})
+    here = list(DataLoader(dataset, batch_size=None, num_workers=0))
+    sent = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    assert all(type(batch) is dict for batch in sent)
+    for name, tensor in here[0].items():
+        got = sent[0][name]
+        assert isinstance(got, torch.Tensor), name
+        assert (got.dtype, got.shape[1:]) == (tensor.dtype, tensor.shape[1:]), name
+    # the same events and rows, in the order of their (label, event) keys
+    rows = {name: torch.cat([b[name] for b in here]) for name in here[0]}
+    rows_sent = {name: torch.cat([b[name] for b in sent]) for name in sent[0]}
+    order, order_sent = np.argsort(keys_of(here)), np.argsort(keys_of(sent))
+    for name in rows:
+        assert torch.equal(rows[name][order].nan_to_num(), rows_sent[name][order_sent].nan_to_num())
+    sent[0]["x"] += 1  # writable, as tensors made here are
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_event_once_per_epoch_and_tensors_match(
     data: tuple[list[Source], FeatureSpec], workers: int

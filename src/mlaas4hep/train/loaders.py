@@ -257,8 +257,13 @@ class TorchEvents(EventBatches, IterableDataset[dict[str, torch.Tensor]]):
     """
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
+        in_worker = get_worker_info() is not None
         for batch in self.iter_shard(shard_of_this_process(), self._epoch_of_this_pass()):
-            yield {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in batch.items()}
+            if in_worker:
+                # a dict of tensors once it reaches the training process
+                yield _SentAsArrays(batch)  # type: ignore[misc]
+            else:
+                yield as_tensors(batch)
 
     def _epoch_of_this_pass(self) -> int:
         """The epoch to read: :attr:`epoch`, or in a DataLoader worker its own count.
@@ -273,6 +278,31 @@ class TorchEvents(EventBatches, IterableDataset[dict[str, torch.Tensor]]):
         passes = getattr(self, "_worker_passes", 0)
         self._worker_passes = passes + 1
         return self.epoch + passes
+
+
+def as_tensors(batch: NumpyBatch) -> dict[str, torch.Tensor]:
+    """A numpy batch as torch tensors (sharing their memory where contiguous)."""
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in batch.items()}
+
+
+class _SentAsArrays:
+    """A batch on its way from a DataLoader worker, which arrives as a dict of tensors.
+
+    Its numpy arrays travel inside the pickle, copied through the worker's pipe.
+    Sent as tensors, torch would move each one into a shared-memory segment of
+    its own and pass its file descriptor: five times the cost for batches of
+    this size (``benchmarks/RESULTS.md``, Loader). The DataLoader leaves objects
+    of unknown types to the pickle, so unpickling in the training process is
+    where the tensors are made.
+    """
+
+    __slots__ = ("arrays",)
+
+    def __init__(self, arrays: NumpyBatch) -> None:
+        self.arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+    def __reduce__(self) -> tuple[Any, tuple[NumpyBatch]]:
+        return as_tensors, (self.arrays,)
 
 
 def __getattr__(name: str) -> Any:
