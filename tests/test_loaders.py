@@ -267,3 +267,19 @@ def test_cache_serves_later_epochs_from_memory(
         balanced.set_epoch(epoch)
         list(balanced)
     assert reads == [0, 1]  # balancing draws anew each epoch: nothing is cached
+
+
+def test_batches_with_an_rng_visit_each_part_in_a_random_order() -> None:
+    parts = [
+        {"a": np.arange(0, 7), "b": -np.arange(0, 7)},
+        {"a": np.arange(7, 20), "b": -np.arange(7, 20)},
+    ]
+    out = list(batches(iter(parts), 4, np.random.default_rng(1)))
+    assert [len(b["a"]) for b in out] == [4, 4, 4, 4, 4]
+    a = np.concatenate([b["a"] for b in out])
+    assert sorted(a.tolist()) == list(range(20))  # every row once
+    assert all(np.array_equal(b["b"], -b["a"]) for b in out)  # rows stay whole
+    # one permutation per part, in part order: the same as permuting each part first
+    rng = np.random.default_rng(1)
+    expected = np.concatenate([p["a"][rng.permutation(len(p["a"]))] for p in parts])
+    assert np.array_equal(a, expected)

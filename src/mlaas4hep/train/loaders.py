@@ -20,7 +20,7 @@ Mask convention (everywhere in mlaas4hep): 1 = real value, 0 = padding.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -43,31 +43,45 @@ NumpyBatch = dict[str, np.ndarray]
 Shard = tuple[int, int]
 
 
-def batches(arrays: Iterator[NumpyBatch], size: int) -> Iterator[NumpyBatch]:
+def batches(
+    arrays: Iterator[NumpyBatch], size: int, rng: np.random.Generator | None = None
+) -> Iterator[NumpyBatch]:
     """Regroup dicts of equally long arrays into batches of ``size`` (the last may be short).
 
-    Batches inside one part are views of it; only a batch that spans parts is copied.
+    Batches inside one part are views of it; only a batch that spans parts is
+    copied. With ``rng`` the rows of each part are taken in a random order (one
+    permutation per part): each batch is gathered from its part, which costs no
+    more than permuting the whole part first and keeps the copies small.
     """
     carry: list[NumpyBatch] = []  # pieces of the next batch, fewer than ``size`` rows
     carried = 0
     for part in arrays:
         rows = len(next(iter(part.values())))
+        rows_of = _rows_in_order(part, None if rng is None else rng.permutation(rows))
         start = 0
         if carried:
             start = min(size - carried, rows)
-            carry.append({k: v[:start] for k, v in part.items()})
+            carry.append(rows_of(0, start))
             carried += start
             if carried < size:
                 continue
             yield {k: np.concatenate([c[k] for c in carry]) for k in carry[0]}
             carry, carried = [], 0
         while rows - start >= size:
-            yield {k: v[start : start + size] for k, v in part.items()}
+            yield rows_of(start, start + size)
             start += size
         if start < rows:
-            carry, carried = [{k: v[start:] for k, v in part.items()}], rows - start
+            carry, carried = [rows_of(start, rows)], rows - start
     if carried:
         yield {k: np.concatenate([c[k] for c in carry]) for k in carry[0]}
+
+
+def _rows_in_order(part: NumpyBatch, order: np.ndarray | None) -> Callable[[int, int], NumpyBatch]:
+    """Rows ``[a, b)`` of ``part``: a view, or with ``order`` the rows ``order[a:b]``."""
+    if order is None:
+        return lambda a, b: {k: v[a:b] for k, v in part.items()}
+    # np.take copies whole rows; indexing with ``v[order]`` is 2-3x slower on 2-d arrays
+    return lambda a, b: {k: np.take(v, order[a:b], axis=0) for k, v in part.items()}
 
 
 def _kept_in(parts: Iterator[NumpyBatch], kept: list[NumpyBatch]) -> Iterator[NumpyBatch]:
@@ -75,12 +89,6 @@ def _kept_in(parts: Iterator[NumpyBatch], kept: list[NumpyBatch]) -> Iterator[Nu
     for part in parts:
         kept.append(part)
         yield part
-
-
-def _permuted(part: NumpyBatch, rng: np.random.Generator) -> NumpyBatch:
-    order = rng.permutation(len(next(iter(part.values()))))
-    # np.take copies whole rows; indexing with ``v[order]`` is 2-3x slower on 2-d arrays
-    return {k: np.take(v, order, axis=0) for k, v in part.items()}
 
 
 def fill_padding(batch: NumpyBatch, value: float) -> NumpyBatch:
@@ -202,15 +210,14 @@ class EventBatches:
         rng = epoch_rng(self.seed, epoch, shard[0], 1) if self._dense_shuffle else None
         cached = self._cached.get(shard)
         if cached is not None:
-            parts: Iterator[NumpyBatch] = iter([cached if rng is None else _permuted(cached, rng)])
-            yield from self._batches(parts)
+            yield from self._batches(iter([cached]), rng)
             return
         keep = self.cache and self.stream_options.get("balance") is None
         kept: list[NumpyBatch] = []
         with self._open_stream() as stream:
             preprocessing = preprocessing_for(self.spec, self.preprocessing)
             vector = VectorTransform(self.spec)
-            parts = (
+            parts: Iterator[NumpyBatch] = (
                 transform_chunk(
                     stream, chunk, self.spec, vector, preprocessing, label_branch=self.label_branch
                 )[0]
@@ -218,14 +225,14 @@ class EventBatches:
             )
             if keep:
                 parts = _kept_in(parts, kept)
-            if rng is not None:
-                parts = (_permuted(part, rng) for part in parts)
-            yield from self._batches(parts)
+            yield from self._batches(parts, rng)
         if keep and kept:  # reached only when the epoch was read to its end
             self._cached[shard] = {k: np.concatenate([p[k] for p in kept]) for k in kept[0]}
 
-    def _batches(self, parts: Iterator[NumpyBatch]) -> Iterator[NumpyBatch]:
-        for batch in batches(parts, self.batch_size):
+    def _batches(
+        self, parts: Iterator[NumpyBatch], rng: np.random.Generator | None
+    ) -> Iterator[NumpyBatch]:
+        for batch in batches(parts, self.batch_size, rng):
             yield batch if self.padding_value is None else fill_padding(batch, self.padding_value)
 
     def __iter__(self) -> Iterator[NumpyBatch]:
