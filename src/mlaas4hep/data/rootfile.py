@@ -198,7 +198,8 @@ def get_tree(
 
     ``branches`` picks, from a TTree's top-level branch names, the ones whose
     metadata is read (see :mod:`mlaas4hep.data.pruned_tree`; the names of all
-    of them stay available through :func:`listed_branch_names`). Without it,
+    of them stay available through
+    :func:`~mlaas4hep.data.pruned_tree.listed_branch_names`). Without it,
     or where the tree cannot be read that way, every branch is.
     """
     available = tree_names(directory)

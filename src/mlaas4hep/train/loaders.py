@@ -50,8 +50,8 @@ def batches(
 
     Batches inside one part are views of it; only a batch that spans parts is
     copied. With ``rng`` the rows of each part are taken in a random order (one
-    permutation per part): each batch is gathered from its part, which costs no
-    more than permuting the whole part first and keeps the copies small.
+    permutation per part) and each batch is gathered from its part: no copy of
+    a whole part is made, which matters for a cached shard reshuffled every epoch.
     """
     carry: list[NumpyBatch] = []  # pieces of the next batch, fewer than ``size`` rows
     carried = 0

@@ -261,13 +261,15 @@ class VectorTransform:
         Loaders call this before DataLoader workers are forked, so the workers
         inherit the kernels instead of each loading them again.
         """
-        two_events = ak.Array({b.name: _two_zero_events(b) for b in self.spec.branches})
+        if not self.spec.branches:
+            return
         try:
+            two_events = ak.Array({b.name: _two_zero_events(b) for b in self.spec.branches})
             if self.spec.layout == "grouped":
                 self.grouped(two_events, check=False)
             else:
                 self.flat(two_events, check=False)
-        except DataError:
+        except (DataError, TypeError, ValueError):
             return  # a spec the data will fail on anyway, with the data's own message
 
     # -- layouts ------------------------------------------------------------
