@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import uproot
 
 from mlaas4hep.data.pruned_tree import ChooseBranches, read_tree
+from mlaas4hep.data.rntuple_fields import index_fields
 from mlaas4hep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,10 @@ def get_tree(
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
     try:
         with collector_paused():
-            return read_tree(directory, tree, branches)
+            found = read_tree(directory, tree, branches)
+        if is_rntuple(found):
+            index_fields(found)
+        return found
     except Exception as exc:
         raise DataError(
             f"cannot read tree {tree!r} of {path}: {describe_exception(exc)}", path=path

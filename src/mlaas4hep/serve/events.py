@@ -289,7 +289,8 @@ def _root_events(
     import uproot  # noqa: PLC0415 - imported on use: slow to import
 
     from mlaas4hep.data.pruned_tree import read_tree  # noqa: PLC0415 - imports uproot
-    from mlaas4hep.data.rootfile import collector_paused  # noqa: PLC0415 - imports uproot
+    from mlaas4hep.data.rntuple_fields import index_fields  # noqa: PLC0415 - as above
+    from mlaas4hep.data.rootfile import collector_paused, is_rntuple  # noqa: PLC0415 - as above
 
     try:
         file = uproot.open(io.BytesIO(data))
@@ -308,6 +309,8 @@ def _root_events(
         with collector_paused():
             # Only the metadata of the branches the model reads (NanoAOD has ~1,500).
             source = read_tree(file, tree, lambda _names: wanted)
+        if is_rntuple(source):
+            index_fields(source)
         present = set(source.keys())
         branches = [name for name in dict.fromkeys(wanted) if name in present]
         entries = int(source.num_entries)
