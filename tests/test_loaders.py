@@ -87,6 +87,10 @@ def test_batches_from_workers_arrive_as_the_same_tensors(
     for name in rows:
         assert torch.equal(rows[name][order].nan_to_num(), rows_sent[name][order_sent].nan_to_num())
     sent[0]["x"] += 1  # writable, as tensors made here are
+    # a DataLoader that batches again (its default batch_size=1) stacks them, as in-process
+    stacked = next(iter(DataLoader(dataset, num_workers=2)))
+    assert stacked["x"].shape == (1, *here[0]["x"].shape)
+    assert next(iter(DataLoader(dataset, num_workers=0)))["x"].shape == stacked["x"].shape
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -28,7 +28,8 @@ from typing import Any, Self
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.reader import EventStream
@@ -310,6 +311,15 @@ class _SentAsArrays:
 
     def __reduce__(self) -> tuple[Any, tuple[NumpyBatch]]:
         return as_tensors, (self.arrays,)
+
+
+def _collate_sent(batch: list[_SentAsArrays], *, collate_fn_map: Any = None) -> Any:  # noqa: ARG001 - torch passes it
+    """A DataLoader with a ``batch_size`` of its own stacks the tensors they stand for."""
+    return default_collate([as_tensors(item.arrays) for item in batch])
+
+
+# torch's documented way to teach its default collation a new type
+default_collate_fn_map[_SentAsArrays] = _collate_sent
 
 
 def __getattr__(name: str) -> Any:
