@@ -10,7 +10,7 @@ import pytest
 import uproot
 from conftest import XRootDServer, shared_file
 
-from mlaas4hep.data import pruned_tree
+from mlaas4hep.data import rootfile
 from mlaas4hep.data.branches import BranchSelection
 from mlaas4hep.data.pruned_tree import (
     CannotPrune,
@@ -126,7 +126,7 @@ def test_get_tree_reads_every_branch_where_pruning_fails(monkeypatch: pytest.Mon
 
     with uproot.open(path) as directory:
         assert len(get_tree(directory, "events", path=path, branches=no_branches).keys()) == 0
-        monkeypatch.setattr(pruned_tree, "read_pruned_tree", cannot)
+        monkeypatch.setattr(rootfile, "read_pruned_tree", cannot)
         assert len(get_tree(directory, "events", path=path, branches=no_branches).keys()) == 51
 
 

@@ -40,12 +40,16 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ConfigError(f"invalid branch regex {pattern!r}: {exc}") from exc
 
 
+def _is_wildcard(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
 def matches(pattern: str, names: Iterable[str]) -> list[str]:
     """The names (in their order) that ``pattern`` selects."""
     if _is_regex(pattern):
         regex = _compile(pattern)
         return [name for name in names if regex.fullmatch(name)]
-    if any(char in pattern for char in "*?["):
+    if _is_wildcard(pattern):
         return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
     return [name for name in names if name == pattern]
 
@@ -149,7 +153,7 @@ class BranchSelection:
         else:
             patterns.extend(parse_patterns(self.identifiers))
         # a spec lists hundreds of plain names: look those up at once, match the rest
-        plain = {p for p in patterns if not (_is_regex(p) or any(c in p for c in "*?["))}
+        plain = {p for p in patterns if not (_is_regex(p) or _is_wildcard(p))}
         chosen = [name for name in available if name in plain]
         for pattern in patterns:
             if pattern not in plain:

@@ -33,7 +33,6 @@ the caller to read the whole tree instead.
 from __future__ import annotations
 
 import bisect
-import logging
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -45,8 +44,6 @@ from uproot.behaviors.TTree import TTree
 from uproot.deserialization import read_object_any
 from uproot.models.TObjArray import Model_TObjArray as _UprootTObjArray
 from uproot.source.cursor import Cursor
-
-log = logging.getLogger(__name__)
 
 ChooseBranches = Callable[[Sequence[str]], Collection[str]]
 """Given the names of a tree's top-level plain branches in file order, the ones
@@ -336,20 +333,6 @@ def read_pruned_tree(directory: Any, name: str, choose: ChooseBranches) -> Any:
     if elements.parent is None:
         raise CannotPrune("the tree's branch list was not read")
     return tree
-
-
-def read_tree(directory: Any, name: str, choose: ChooseBranches | None) -> Any:
-    """Tree ``name`` of ``directory``, pruned by ``choose`` where it can be.
-
-    A tree that cannot be pruned (an RNTuple, a layout :func:`read_pruned_tree`
-    does not step over), or ``choose=None``, is read whole by uproot.
-    """
-    if choose is not None:
-        try:
-            return read_pruned_tree(directory, name, choose)
-        except Exception as exc:  # noqa: BLE001 - whatever stops the pruned read, uproot reads it all
-            log.debug("reading every branch of %s: %s", name, exc)
-    return directory[name]
 
 
 def no_branches(_names: Sequence[str]) -> Collection[str]:

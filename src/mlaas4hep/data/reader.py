@@ -317,7 +317,9 @@ class EventStream:
             try:
                 entries = int(tree.num_entries)
                 fields = _visible_fields(tree)
-                listed = fields if is_rntuple(tree) else [*listed_branch_names(tree), *fields]
+                listed = fields
+                if not is_rntuple(tree):
+                    listed = list(dict.fromkeys([*listed_branch_names(tree), *fields]))
                 clusters = _cluster_edges(tree)
             except Exception as exc:
                 raise DataError(

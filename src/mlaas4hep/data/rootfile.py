@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import uproot
 
-from mlaas4hep.data.pruned_tree import ChooseBranches, read_tree
+from mlaas4hep.data.pruned_tree import ChooseBranches, read_pruned_tree
 from mlaas4hep.data.rntuple_fields import index_fields
 from mlaas4hep.errors import ConfigError, DataError
 
@@ -220,15 +220,31 @@ def get_tree(
         listing = ", ".join(available) if available else "none"
         raise DataError(f"tree {tree!r} not found in {path} (trees: {listing})", path=path)
     try:
-        with collector_paused():
-            found = read_tree(directory, tree, branches)
-        if is_rntuple(found):
-            index_fields(found)
-        return found
+        return read_tree(directory, tree, branches)
     except Exception as exc:
         raise DataError(
             f"cannot read tree {tree!r} of {path}: {describe_exception(exc)}", path=path
         ) from exc
+
+
+def read_tree(directory: Any, name: str, branches: ChooseBranches | None = None) -> Any:
+    """Tree ``name`` of ``directory``, read the quick way.
+
+    Its metadata is read with the garbage collector paused; a TTree is pruned
+    to the ``branches`` chosen where it can be (a layout
+    :func:`~mlaas4hep.data.pruned_tree.read_pruned_tree` does not step over is
+    read whole), and an RNTuple gets its field tree indexed.
+    """
+    with collector_paused():
+        if branches is not None:
+            try:
+                return read_pruned_tree(directory, name, branches)
+            except Exception as exc:  # noqa: BLE001 - whatever stops the pruned read, uproot reads it all
+                log.debug("reading every branch of %s: %s", name, exc)
+        found = directory[name]
+    if is_rntuple(found):
+        index_fields(found)
+    return found
 
 
 @dataclass

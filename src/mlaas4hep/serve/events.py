@@ -288,9 +288,7 @@ def _root_events(
 ) -> tuple[ak.Array, str]:
     import uproot  # noqa: PLC0415 - imported on use: slow to import
 
-    from mlaas4hep.data.pruned_tree import read_tree  # noqa: PLC0415 - imports uproot
-    from mlaas4hep.data.rntuple_fields import index_fields  # noqa: PLC0415 - as above
-    from mlaas4hep.data.rootfile import collector_paused, is_rntuple  # noqa: PLC0415 - as above
+    from mlaas4hep.data.rootfile import read_tree  # noqa: PLC0415 - imports uproot
 
     try:
         file = uproot.open(io.BytesIO(data))
@@ -306,11 +304,8 @@ def _root_events(
         raise BadRequest(f"the ROOT file has no tree {tree!r}; it holds {trees}")
     where = f"tree {tree!r}"
     try:
-        with collector_paused():
-            # Only the metadata of the branches the model reads (NanoAOD has ~1,500).
-            source = read_tree(file, tree, lambda _names: wanted)
-        if is_rntuple(source):
-            index_fields(source)
+        # Only the metadata of the branches the model reads (NanoAOD has ~1,500).
+        source = read_tree(file, tree, lambda _names: wanted)
         present = set(source.keys())
         branches = [name for name in dict.fromkeys(wanted) if name in present]
         entries = int(source.num_entries)

@@ -49,8 +49,8 @@ def batches(
 ) -> Iterator[NumpyBatch]:
     """Regroup dicts of equally long arrays into batches of ``size`` (the last may be short).
 
-    Batches inside one part are views of it; only a batch that spans parts is
-    copied. With ``rng`` the rows of each part are taken in a random order (one
+    Without ``rng``, batches inside one part are views of it and only a batch
+    that spans parts is copied. With ``rng`` the rows of each part are taken in a random order (one
     permutation per part) and each batch is gathered from its part: no copy of
     a whole part is made, which matters for a cached shard reshuffled every epoch.
     """
